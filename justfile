@@ -1,0 +1,89 @@
+# pmcore task list. `just` lists the recipes; README.md explains the workflow.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+export PATH := env_var('HOME') + "/.cargo/bin:" + env_var('PATH')
+
+# List the recipes.
+default:
+    @just --list --unsorted
+
+# ---- quick start -------------------------------------------------------------------
+
+# Bring up the whole system (every service) on the embedded stack or Docker.
+up: (stack-up "--profile" "all")
+    @scripts/stack.sh ps
+
+# ---- stack -------------------------------------------------------------------------
+
+# Start the stack: --profile all|dev|testing|audit|messaging, --native or --docker.
+stack-up *args:
+    scripts/stack.sh up "$@"
+
+# Stop the stack (data stays in .stack/ or the Docker volumes).
+stack-down:
+    scripts/stack.sh down
+
+# Stop the stack and remove its data.
+stack-destroy:
+    scripts/stack.sh destroy
+
+# Show each part of the stack, its address and whether it answers.
+stack-ps:
+    scripts/stack.sh ps
+
+# ---- database ----------------------------------------------------------------------
+
+# Create the pmcore database (the stack does this on first start).
+db-create:
+    source scripts/env.sh && PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -tAc "select 1 from pg_database where datname = 'pmcore'" | grep -q 1 \
+      || PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -c "create database pmcore"
+
+# Drop the pmcore database and the per-test databases.
+db-drop:
+    source scripts/env.sh && for db in $(PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -tAc "select datname from pg_database where datname = 'pmcore' or datname like 'pmcore_t_%'"); do \
+      PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -qc "drop database \"$db\" with (force)"; echo "dropped $db"; done
+
+# Apply pending migrations from flyway/.
+db-migrate:
+    source scripts/env.sh && cargo run --quiet --bin api -- --log-format text migrate
+
+# ---- contracts ---------------------------------------------------------------------
+
+# Write the AsyncAPI document as json or html to asyncapi/dist/.
+gen-asyncapi-spec format="html":
+    scripts/install-tools.sh node
+    node asyncapi/tools/asyncapi.mjs {{format}}
+
+# Validate asyncapi/asyncapi.yaml with the AsyncAPI parser.
+validate-asyncapi:
+    scripts/install-tools.sh node
+    node asyncapi/tools/asyncapi.mjs validate
+
+# ---- quality -----------------------------------------------------------------------
+
+# Formatting and clippy, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# Type-check every crate and target.
+type-check:
+    cargo check --workspace --all-targets --quiet
+
+# Run the whole test suite against the running stack (`just stack-up --profile testing`).
+test *args:
+    scripts/test.sh "$@"
+
+# Line coverage of the test suite (installs cargo-llvm-cov on first use).
+coverage:
+    command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --version 0.6.21 --locked
+    rustup component add llvm-tools-preview >/dev/null 2>&1 || true
+    source scripts/env.sh && cargo llvm-cov nextest --workspace --summary-only
+
+# ---- run ---------------------------------------------------------------------------
+
+# Run one service from source against the stack, e.g. `just run api`.
+run service *args:
+    source scripts/env.sh && PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" cargo run --bin {{service}} -- "${@:2}"

@@ -1,0 +1,45 @@
+//! The consumer inbox: a row per (consumer, event id), written in the same transaction
+//! as the event's effects, so a redelivered event becomes a no-op.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Which inbox table a consumer writes to; each schema owner has its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbox {
+    Pm,
+    Audit,
+    Messaging,
+}
+
+impl Inbox {
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Inbox::Pm => {
+                "insert into pm.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
+            }
+            Inbox::Audit => {
+                "insert into audit.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
+            }
+            Inbox::Messaging => {
+                "insert into messaging.inbox (consumer, event_id) values ($1, $2) on conflict do nothing"
+            }
+        }
+    }
+
+    /// Records that `consumer` handles `event_id` in this transaction. Returns false
+    /// when it was handled before, in which case the caller does nothing else.
+    pub async fn claim(
+        self,
+        conn: &mut PgConnection,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> sqlx::Result<bool> {
+        let result = sqlx::query(self.insert_sql())
+            .bind(consumer)
+            .bind(event_id)
+            .execute(conn)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,100 @@
+//! Topics and event types, mirrored from `asyncapi/asyncapi.yaml`.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A logical Kafka topic. Deployments may prefix it (see `pmcore-kafka`), which is
+/// how tests run in parallel against one broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Topic {
+    pub name: &'static str,
+    /// Domain topics carry state changes of aggregates and are read by the audit log.
+    pub domain: bool,
+}
+
+pub const PROGRAMS: Topic = domain("pm.programs.v1");
+pub const DERS: Topic = domain("pm.ders.v1");
+pub const GATEWAYS: Topic = domain("pm.gateways.v1");
+pub const ENROLLMENTS: Topic = domain("pm.enrollments.v1");
+pub const DISPATCH_EVENTS: Topic = domain("pm.dispatch-events.v1");
+pub const SETTLEMENTS: Topic = domain("pm.settlements.v1");
+pub const FILES: Topic = domain("pm.files.v1");
+pub const TELEMETRY: Topic = stream("der.telemetry.v1");
+pub const COMMANDS: Topic = stream("der.commands.v1");
+pub const COMMAND_ACKS: Topic = stream("der.command-acks.v1");
+pub const MESSAGING_REQUESTS: Topic = stream("messaging.requests.v1");
+
+const fn domain(name: &'static str) -> Topic {
+    Topic { name, domain: true }
+}
+
+const fn stream(name: &'static str) -> Topic {
+    Topic {
+        name,
+        domain: false,
+    }
+}
+
+/// Every topic the platform uses, in the order the AsyncAPI document lists them.
+pub const TOPICS: &[Topic] = &[
+    PROGRAMS,
+    DERS,
+    GATEWAYS,
+    ENROLLMENTS,
+    DISPATCH_EVENTS,
+    SETTLEMENTS,
+    FILES,
+    TELEMETRY,
+    COMMANDS,
+    COMMAND_ACKS,
+    MESSAGING_REQUESTS,
+];
+
+/// The topics whose events the audit log records.
+pub fn domain_topics() -> impl Iterator<Item = Topic> {
+    TOPICS.iter().copied().filter(|t| t.domain)
+}
+
+/// One message type: its CloudEvents type, the topic it travels on and its Avro schema.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EventType {
+    /// CloudEvents `type`, e.g. `pmcore.program.created.v1`.
+    pub ce_type: &'static str,
+    pub topic: Topic,
+    /// File name under `asyncapi/schemas/`.
+    pub schema_file: &'static str,
+    /// The schema text, embedded at compile time from that file.
+    pub schema_json: &'static str,
+}
+
+macro_rules! event_type {
+    ($ce_type:literal, $topic:expr, $file:literal) => {
+        EventType {
+            ce_type: $ce_type,
+            topic: $topic,
+            schema_file: $file,
+            schema_json: include_str!(concat!("../../../asyncapi/schemas/", $file)),
+        }
+    };
+}
+
+pub static PROGRAM_CREATED: EventType = event_type!(
+    "pmcore.program.created.v1",
+    PROGRAMS,
+    "program-created.avsc"
+);
+
+/// Every event type the code can publish or consume.
+pub static EVENT_TYPES: &[&EventType] = &[&PROGRAM_CREATED];
+
+pub fn event_type(ce_type: &str) -> Option<&'static EventType> {
+    EVENT_TYPES.iter().copied().find(|t| t.ce_type == ce_type)
+}
+
+/// A payload type bound to its entry in the catalog. Only implementors can be
+/// published, so code cannot emit a message the contract does not describe.
+pub trait DomainEvent: Serialize + DeserializeOwned {
+    const TYPE: &'static EventType;
+
+    /// The aggregate id: Kafka key and CloudEvents `subject`.
+    fn subject(&self) -> String;
+}

@@ -1,0 +1,75 @@
+use rdkafka::ClientConfig;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(
+        long = "kafka-brokers",
+        env = "PMCORE_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// Prefix for every topic name, e.g. `staging.` (tests use a unique one each).
+    #[arg(
+        long = "kafka-topic-prefix",
+        env = "PMCORE_KAFKA_TOPIC_PREFIX",
+        default_value = ""
+    )]
+    pub topic_prefix: String,
+
+    /// Partitions for topics this service creates.
+    #[arg(
+        long = "kafka-partitions",
+        env = "PMCORE_KAFKA_PARTITIONS",
+        default_value_t = 3
+    )]
+    pub partitions: i32,
+
+    /// Replication factor for topics this service creates.
+    #[arg(
+        long = "kafka-replication",
+        env = "PMCORE_KAFKA_REPLICATION",
+        default_value_t = 1
+    )]
+    pub replication: i32,
+
+    /// How long the producer keeps trying to deliver a record, in milliseconds.
+    #[arg(
+        long = "kafka-message-timeout-ms",
+        env = "PMCORE_KAFKA_MESSAGE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub message_timeout_ms: u64,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: &str, topic_prefix: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topic_prefix: topic_prefix.to_owned(),
+            partitions: 3,
+            replication: 1,
+            message_timeout_ms: 30_000,
+        }
+    }
+
+    /// The physical name of a logical topic.
+    pub fn topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
+    /// The dead-letter topic of a topic (physical name) for a consumer group.
+    pub fn dead_letter_topic(physical_topic: &str, group: &str) -> String {
+        format!("{physical_topic}.dlq.{group}")
+    }
+
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            // librdkafka logs every failed connect; one line per minute is enough.
+            .set("log.connection.close", "false")
+            .set("reconnect.backoff.max.ms", "2000");
+        c
+    }
+}

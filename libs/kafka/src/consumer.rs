@@ -1,0 +1,318 @@
+//! The consumer template: at-least-once, idempotent, never stuck.
+//!
+//! For each record: parse the CloudEvents headers and the Avro payload; claim the
+//! inbox row and apply the handler in one Postgres transaction; commit; only then
+//! store the offset. A record that cannot be parsed, or that the handler rejects as
+//! permanently bad, is copied to `<topic>.dlq.<group>` with the error in headers and
+//! the partition moves on. Transient failures retry with capped backoff.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{SecondsFormat, Utc};
+use pmcore_db::inbox::Inbox;
+use pmcore_events::{Decoded, Envelope, avro};
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    KafkaConfig, MAX_BACKOFF, idempotent_producer, outbox::sleep_or_cancel, retry_policy, topics,
+};
+
+/// One parsed record handed to a [`Handler`].
+#[derive(Debug)]
+pub struct Incoming {
+    pub envelope: Envelope,
+    pub payload: Decoded,
+    /// The logical topic (without the deployment prefix).
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How a handler failed, which decides what happens to the record.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The record can never be processed: dead-letter it and move on.
+    #[error("permanent: {0}")]
+    Permanent(anyhow::Error),
+    /// Something outside the record failed (database away, deadlock): try again.
+    #[error("transient: {0}")]
+    Transient(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        // Integrity violations (SQLSTATE class 23) will fail the same way every time.
+        let permanent = matches!(&error, sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| c.starts_with("23")));
+        if permanent {
+            HandlerError::Permanent(error.into())
+        } else {
+            HandlerError::Transient(error.into())
+        }
+    }
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Applies the record's effects in the caller's transaction. The inbox row is
+    /// already claimed in it, so a redelivered record never reaches the handler.
+    async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError>;
+}
+
+/// What a consumer reads and where it records what it handled.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Consumer group id, also the inbox `consumer` and part of the DLQ topic name.
+    pub group: String,
+    /// Logical topics.
+    pub topics: Vec<&'static str>,
+    pub inbox: Inbox,
+}
+
+enum Outcome {
+    Applied,
+    Duplicate,
+    DeadLettered,
+    /// Cancelled mid-retry: the offset is not stored, the record comes again.
+    Abandoned,
+}
+
+/// Runs the consumer until cancelled, restarting it with capped backoff if it fails.
+pub async fn run<H: Handler>(
+    config: KafkaConfig,
+    pool: PgPool,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    cancel: CancellationToken,
+) {
+    let mut retry = retry_policy();
+    while !cancel.is_cancelled() {
+        match run_once(&config, &pool, &spec, handler.as_ref(), &cancel).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%error, group = %spec.group, "consumer failed; restarting");
+                let wait = retry.next().unwrap_or(MAX_BACKOFF);
+                if sleep_or_cancel(&cancel, wait).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn run_once<H: Handler>(
+    config: &KafkaConfig,
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let physical: Vec<String> = spec.topics.iter().map(|t| config.topic(t)).collect();
+    let dead_letter_topics: Vec<String> = physical
+        .iter()
+        .map(|t| KafkaConfig::dead_letter_topic(t, &spec.group))
+        .collect();
+    topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
+
+    let consumer: StreamConsumer = config
+        .client_config()
+        .set("group.id", &spec.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, after the database commit.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let names: Vec<&str> = physical.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    let dlq = idempotent_producer(config)?;
+    tracing::info!(group = %spec.group, topics = ?names, "consumer started");
+
+    let mut retry = retry_policy();
+    loop {
+        let message = tokio::select! {
+            () = cancel.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(m) => {
+                retry = retry_policy();
+                m
+            }
+            Err(error) => {
+                tracing::warn!(%error, group = %spec.group, "consumer error");
+                if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let outcome = process(config, pool, spec, handler, &dlq, &message, cancel).await;
+        let label = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Abandoned => break,
+        };
+        metrics::counter!("pmcore_consumer_records_total", "group" => spec.group.clone(), "outcome" => label)
+            .increment(1);
+        consumer.store_offset_from_message(&message)?;
+    }
+    // Flush offsets stored since the last auto-commit before leaving the group.
+    if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(%error, "final offset commit");
+    }
+    Ok(())
+}
+
+async fn process<H: Handler>(
+    config: &KafkaConfig,
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    dlq: &FutureProducer,
+    message: &BorrowedMessage<'_>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let record = match parse(config, message) {
+        Ok(record) => record,
+        Err(reason) => return dead_letter(spec, dlq, message, &reason, cancel).await,
+    };
+    let mut retry = retry_policy();
+    loop {
+        match apply(pool, spec, handler, &record).await {
+            Ok(true) => return Outcome::Applied,
+            Ok(false) => return Outcome::Duplicate,
+            Err(HandlerError::Permanent(error)) => {
+                return dead_letter(spec, dlq, message, &format!("{error:#}"), cancel).await;
+            }
+            Err(HandlerError::Transient(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), ce_id = %record.envelope.id, "retrying record");
+                metrics::counter!("pmcore_consumer_retries_total", "group" => spec.group.clone())
+                    .increment(1);
+                if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: inbox claim, handler, commit. Ok(false) for a duplicate.
+async fn apply<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    record: &Incoming,
+) -> Result<bool, HandlerError> {
+    let mut tx = pool.begin().await?;
+    if !spec
+        .inbox
+        .claim(&mut tx, &spec.group, record.envelope.id)
+        .await?
+    {
+        return Ok(false);
+    }
+    handler.handle(&mut tx, record).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming, String> {
+    let headers = message.headers();
+    let envelope = Envelope::from_headers(|name| {
+        headers.and_then(|hs| hs.iter().find(|h| h.key == name).and_then(|h| h.value))
+    })
+    .map_err(|e| format!("bad CloudEvents headers: {e}"))?;
+    let payload = avro::decode(
+        message.payload().unwrap_or_default(),
+        Some(&envelope.ce_type),
+    )
+    .map_err(|e| format!("bad payload: {e}"))?;
+    let topic = message
+        .topic()
+        .strip_prefix(config.topic_prefix.as_str())
+        .unwrap_or(message.topic())
+        .to_owned();
+    Ok(Incoming {
+        envelope,
+        payload,
+        topic,
+        partition: message.partition(),
+        offset: message.offset(),
+    })
+}
+
+/// Copies the record to the dead-letter topic, retrying until the broker takes it,
+/// so the offset is never stored for a record that is neither applied nor parked.
+async fn dead_letter(
+    spec: &ConsumerSpec,
+    producer: &FutureProducer,
+    message: &BorrowedMessage<'_>,
+    reason: &str,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let topic = KafkaConfig::dead_letter_topic(message.topic(), &spec.group);
+    tracing::warn!(
+        group = %spec.group, topic = message.topic(), partition = message.partition(),
+        offset = message.offset(), %reason, "dead-lettering record"
+    );
+    let partition = message.partition().to_string();
+    let offset = message.offset().to_string();
+    let time = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let mut retry = retry_policy();
+    loop {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for h in original.iter() {
+                headers = headers.insert(h);
+            }
+        }
+        let added = [
+            ("dlq_error", reason),
+            ("dlq_topic", message.topic()),
+            ("dlq_partition", partition.as_str()),
+            ("dlq_offset", offset.as_str()),
+            ("dlq_consumer_group", spec.group.as_str()),
+            ("dlq_time", time.as_str()),
+        ];
+        for (key, value) in added {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        match producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+        {
+            Ok(_) => {
+                metrics::counter!("pmcore_dead_letters_total", "group" => spec.group.clone())
+                    .increment(1);
+                return Outcome::DeadLettered;
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, %topic, "dead-letter publish failed; retrying");
+                if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+}

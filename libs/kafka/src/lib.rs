@@ -1,0 +1,56 @@
+//! Kafka plumbing shared by the services.
+//!
+//! - [`outbox`]: state changes and their events commit together; a relay publishes them.
+//! - [`consumer`]: at-least-once consumption with inbox dedup, retries and dead letters.
+//! - [`topics`]: creates the catalog's topics (with the deployment's prefix).
+
+mod config;
+pub mod consumer;
+pub mod outbox;
+pub mod topics;
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+pub use config::KafkaConfig;
+use rdkafka::{ClientConfig, producer::FutureProducer};
+
+/// An idempotent producer (`enable.idempotence=true`, `acks=all`): retries cannot
+/// duplicate or reorder records within a partition.
+pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
+    let producer = config
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .create()?;
+    Ok(producer)
+}
+
+/// Readiness: the broker answers a metadata request.
+pub async fn ping(config: &KafkaConfig) -> anyhow::Result<()> {
+    let client_config: ClientConfig = config.client_config();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use rdkafka::{
+            consumer::{BaseConsumer, Consumer},
+            util::Timeout,
+        };
+        let probe: BaseConsumer = client_config.create()?;
+        probe.fetch_metadata(None, Timeout::After(std::time::Duration::from_secs(2)))?;
+        Ok(())
+    })
+    .await?
+}
+
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Capped exponential backoff with jitter for loops that must never give up.
+pub(crate) fn retry_policy() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

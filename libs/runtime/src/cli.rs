@@ -1,0 +1,106 @@
+//! One command line for every service: `serve` (the default), `migrate`, `healthcheck`.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use pmcore_db::DbConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{self, TelemetryConfig};
+
+/// A pmcore service: build it from configuration, run it until cancelled.
+pub trait Service: Sized + Send {
+    const NAME: &'static str;
+    const ABOUT: &'static str;
+    type Config: Args + Clone + Send + Sync + 'static;
+
+    fn database(config: &Self::Config) -> &DbConfig;
+    fn listen_addr(config: &Self::Config) -> SocketAddr;
+
+    fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
+    fn run(self, cancel: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+#[derive(Debug, Parser)]
+struct Cli<C: Args> {
+    #[command(flatten)]
+    config: C,
+    #[command(flatten)]
+    telemetry: TelemetryConfig,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply pending database migrations from flyway/ and exit.
+    Migrate,
+    /// Exit 0 when the running service answers /readyz with 200 (for container health checks).
+    Healthcheck,
+}
+
+/// The whole of a service's `main`.
+pub fn main<S: Service>() -> ExitCode {
+    let command = Cli::<S::Config>::command()
+        .name(S::NAME)
+        .about(S::ABOUT)
+        .version(env!("CARGO_PKG_VERSION"));
+    let cli = match Cli::<S::Config>::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch::<S>(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{} failed", S::NAME);
+            eprintln!("{}: {e:#}", S::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch<S: Service>(cli: Cli<S::Config>) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let _guard = telemetry::init(S::NAME, &cli.telemetry)?;
+            let cancel = crate::shutdown::on_signal()?;
+            if S::database(&cli.config).migrate_on_start {
+                let applied = pmcore_db::migrate::run_when_ready(S::database(&cli.config)).await?;
+                tracing::info!(?applied, "migrations applied");
+            }
+            tracing::info!(listen = %S::listen_addr(&cli.config), "{} starting", S::NAME);
+            S::build(cli.config).await?.run(cancel).await?;
+            tracing::info!("{} stopped", S::NAME);
+            Ok(())
+        }
+        Command::Migrate => {
+            let _guard = telemetry::init(S::NAME, &cli.telemetry)?;
+            let applied = pmcore_db::migrate::run(S::database(&cli.config)).await?;
+            tracing::info!(?applied, "migrations applied");
+            Ok(())
+        }
+        Command::Healthcheck => {
+            let mut addr = S::listen_addr(&cli.config);
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let url = format!("http://{addr}/readyz");
+            let response = reqwest::get(&url).await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url} answered {}",
+                response.status()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The parts every service wires the same way: its HTTP listener, the Postgres pool,
+//! Kafka topics and the outbox relay.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use futures::future::BoxFuture;
+use pmcore_db::DbConfig;
+use pmcore_kafka::{KafkaConfig, outbox::OutboxRelay, topics};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Readiness,
+    health::Step,
+    http::{ops_router, serve},
+};
+
+#[derive(Debug)]
+pub struct Platform {
+    pub pool: PgPool,
+    pub kafka: KafkaConfig,
+    /// Done once the catalog's topics exist.
+    pub topics_ready: Step,
+    listener: TcpListener,
+}
+
+impl Platform {
+    /// Binds the listener and prepares a lazy pool; needs neither Postgres nor the
+    /// broker to be up yet.
+    pub async fn new(
+        listen: SocketAddr,
+        db: &DbConfig,
+        kafka: &KafkaConfig,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Ok(Self {
+            pool: pmcore_db::lazy_pool(db)?,
+            kafka: kafka.clone(),
+            topics_ready: Step::default(),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Postgres, the broker and the topics.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::new()
+            .postgres(&self.pool)
+            .kafka(&self.kafka)
+            .step("topics", &self.topics_ready)
+    }
+
+    /// Creates the catalog's topics once the broker answers.
+    pub fn prepare_topics(
+        &self,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let kafka = self.kafka.clone();
+        let step = self.topics_ready.clone();
+        Box::pin(async move {
+            let names = topics::all(&kafka);
+            tokio::select! {
+                () = cancel.cancelled() => Ok(()),
+                result = topics::ensure_when_ready(&kafka, &names) => {
+                    result?;
+                    step.done();
+                    tracing::info!(count = names.len(), "topics ready");
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Publishes this process's share of `pm.outbox` until cancelled.
+    pub fn outbox_relay(
+        &self,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let relay = OutboxRelay::new(self.pool.clone(), self.kafka.clone());
+        Box::pin(async move {
+            relay.run(cancel).await;
+            Ok(())
+        })
+    }
+
+    /// Serves `routes` merged with the operational endpoints until cancelled.
+    pub fn serve(
+        self,
+        routes: Router,
+        readiness: Readiness,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let router = routes.merge(ops_router(readiness));
+        Box::pin(serve(self.listener, router, cancel))
+    }
+}
+
+/// Runs a service's tasks side by side. The first that fails cancels the others;
+/// all are awaited, so in-flight work finishes before the service returns.
+pub async fn supervise(
+    cancel: CancellationToken,
+    tasks: Vec<BoxFuture<'static, anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    let guarded = tasks.into_iter().map(|task| {
+        let cancel = cancel.clone();
+        async move {
+            let result = task.await;
+            if let Err(error) = &result {
+                tracing::error!(error = %format!("{error:#}"), "task failed; stopping the service");
+                cancel.cancel();
+            }
+            result
+        }
+    });
+    futures::future::join_all(guarded)
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()
+        .map(|_| ())
+}

@@ -1,0 +1,12 @@
+# Addresses of the development stack. Sourced by the justfile recipes and scripts;
+# every value can be overridden from the environment (e.g. when a port is taken).
+export PMCORE_PG_PORT="${PMCORE_PG_PORT:-5432}"
+export PMCORE_KAFKA_PORT="${PMCORE_KAFKA_PORT:-9092}"
+export PMCORE_S3_PORT="${PMCORE_S3_PORT:-9000}"
+export PMCORE_SMTP_PORT="${PMCORE_SMTP_PORT:-1025}"
+export PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL:-postgres://pmcore:pmcore@127.0.0.1:${PMCORE_PG_PORT}/pmcore}"
+export PMCORE_KAFKA_BROKERS="${PMCORE_KAFKA_BROKERS:-127.0.0.1:${PMCORE_KAFKA_PORT}}"
+export PMCORE_S3_ENDPOINT="${PMCORE_S3_ENDPOINT:-http://127.0.0.1:${PMCORE_S3_PORT}}"
+export PMCORE_S3_ACCESS_KEY="${PMCORE_S3_ACCESS_KEY:-pmcore}"
+export PMCORE_S3_SECRET_KEY="${PMCORE_S3_SECRET_KEY:-pmcore-secret}"
+export PMCORE_STACK_DIR="${PMCORE_STACK_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.stack}"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the project needs and the machine lacks, pinned, only when missing:
+# just, tansu (Kafka-protocol broker), s3s-fs (S3 server), the PostgreSQL server,
+# and the AsyncAPI validator's npm packages. Safe to run again; it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+JUST_VERSION=1.59.0
+TANSU_VERSION=0.6.0
+S3S_FS_VERSION=0.14.1
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*" >&2; }
+
+has_version() { # has_version BIN VERSION: BIN is on PATH and prints VERSION
+  command -v "$1" >/dev/null 2>&1 && "$1" --version 2>/dev/null | grep -q "$2"
+}
+
+cargo_install() { # cargo_install CRATE VERSION BIN [cargo args...]
+  local crate=$1 version=$2 bin=$3; shift 3
+  if has_version "$bin" "$version"; then return; fi
+  say "building $crate $version from crates.io (one-time; several minutes on 2 cores)"
+  local started=$SECONDS
+  cargo install "$crate" --version "$version" --locked --quiet "$@"
+  say "$crate installed in $((SECONDS - started)) s"
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then
+    say "need root (or sudo) to install Debian packages: $*"; exit 1
+  fi
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  if [ $apt_updated = 0 ]; then $sudo apt-get update -qq; apt_updated=1; fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+want="${1:-all}"
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$want" = all ] || [ "$want" = just ]; then
+  cargo_install just "$JUST_VERSION" just
+fi
+
+if [ "$want" = all ] || [ "$want" = stack ]; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql postgresql-contrib
+  fi
+  command -v psql >/dev/null || apt_install postgresql-client
+  cargo_install s3s-fs "$S3S_FS_VERSION" s3s-fs --features binary
+  # The SQLite engine keeps messages across broker restarts; dynostore gives memory://.
+  cargo_install tansu "$TANSU_VERSION" tansu --features libsql,dynostore
+fi
+
+if [ "$want" = all ] || [ "$want" = node ]; then
+  if ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  if [ ! -d asyncapi/node_modules/@asyncapi/parser ]; then
+    say "npm ci in asyncapi/ (AsyncAPI parser and HTML renderer)"
+    (cd asyncapi && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# The development stack: `up [--profile P] [--native|--docker]`, `down`, `destroy`, `ps`.
+#
+# With a Docker engine it drives docker-compose.yml; without one it runs the embedded
+# stack under .stack/: a private PostgreSQL cluster, tansu (Kafka protocol, SQLite
+# storage) and s3s-fs (S3 over a folder), plus the services for profiles that want them.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+source scripts/env.sh
+
+S="$PMCORE_STACK_DIR"
+say() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: scripts/stack.sh up [--profile all|dev|testing|audit|messaging] [--native|--docker]
+       scripts/stack.sh down | destroy | ps
+
+profiles: all       infrastructure and every service
+          dev       infrastructure only (run services with `just run <service>`)
+          testing   Postgres, broker and S3 (what `just test` needs)
+          audit     infrastructure and the audit-log service
+          messaging infrastructure, an SMTP sink and the messaging service
+USAGE
+  exit 2
+}
+
+docker_up() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+
+mode_for() { # decide docker or native
+  case "${1:-}" in
+    --docker) docker_up || die "--docker given but no Docker engine answers"; echo docker ;;
+    --native) echo native ;;
+    *) if docker_up; then echo docker; else echo native; fi ;;
+  esac
+}
+
+services_for() {
+  case "$1" in
+    all) echo "api worker scheduler bucket-watcher audit-log messaging der-gateway-relay" ;;
+    audit) echo "audit-log" ;;
+    messaging) echo "messaging" ;;
+    dev|testing) echo "" ;;
+    *) die "unknown profile '$1'" ;;
+  esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # wait_port PORT NAME [SECONDS]
+  local deadline=$((SECONDS + ${3:-60}))
+  until port_open "$1"; do
+    [ $SECONDS -lt $deadline ] || die "$2 did not open port $1; see its log under $S"
+    sleep 0.2
+  done
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# PostgreSQL ---------------------------------------------------------------------
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+as_pg() { # initdb refuses to run as root: run the cluster as the postgres user then
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_up() {
+  local bin; bin="$(pg_bin)"; [ -n "$bin" ] || die "no PostgreSQL server; run scripts/install-tools.sh stack"
+  local dir="$S/postgres"
+  mkdir -p "$dir/run"
+  if [ "$(id -u)" = 0 ]; then chown -R postgres: "$dir"; chmod 755 "$S"; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    say "initdb $dir/data"
+    local pw="$dir/pwfile"; echo pmcore > "$pw"; [ "$(id -u)" = 0 ] && chown postgres: "$pw"
+    as_pg "$bin/initdb" -D "$dir/data" -U pmcore --pwfile="$pw" --auth-local=trust \
+      --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+      || die "initdb failed: $(tail -n 5 "$dir/initdb.log")"
+    rm -f "$pw"
+  fi
+  if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    say "postgres already running on $PMCORE_PG_PORT"
+  else
+    port_open "$PMCORE_PG_PORT" && die "port $PMCORE_PG_PORT is taken by something else; set PMCORE_PG_PORT"
+    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+      -o "-p $PMCORE_PG_PORT -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off" \
+      start >/dev/null || die "postgres did not start: $(tail -n 5 "$dir/postgres.log")"
+    say "postgres on 127.0.0.1:$PMCORE_PG_PORT"
+  fi
+  if ! psql_admin -tAc "select 1 from pg_database where datname = 'pmcore'" | grep -q 1; then
+    psql_admin -qc "create database pmcore" && say "database pmcore created"
+  fi
+}
+
+psql_admin() { PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+pg_down() {
+  local bin; bin="$(pg_bin)"; [ -n "$bin" ] && [ -f "$S/postgres/data/PG_VERSION" ] || return 0
+  if as_pg "$bin/pg_ctl" -D "$S/postgres/data" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$S/postgres/data" -m fast -w stop >/dev/null && say "postgres stopped"
+  fi
+}
+
+# tansu and s3s-fs -------------------------------------------------------------------
+
+start_bg() { # start_bg NAME PORT command...: a detached process with a pid file and a log
+  local name=$1 port=$2; shift 2
+  if pid_alive "$S/$name.pid"; then say "$name already running on $port"; return; fi
+  port_open "$port" && die "port $port is taken by something else; set the PMCORE_*_PORT for $name"
+  nohup setsid "$@" >"$S/$name.log" 2>&1 < /dev/null &
+  echo $! >"$S/$name.pid"
+  wait_port "$port" "$name"
+  say "$name on 127.0.0.1:$port"
+}
+
+stop_bg() { # stop_bg NAME: SIGTERM, then SIGKILL after 10 s
+  local pidfile="$S/$1.pid"
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+  local pid; pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; say "$1 killed"; else say "$1 stopped"; fi
+  rm -f "$pidfile"
+}
+
+kafka_up() {
+  mkdir -p "$S/tansu"
+  start_bg tansu "$PMCORE_KAFKA_PORT" tansu broker \
+    --storage-engine "sqlite://$S/tansu/tansu.db" \
+    --listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT"
+}
+
+s3_up() {
+  mkdir -p "$S/s3/pmcore-inbound" "$S/s3/pmcore-reports"
+  start_bg s3s-fs "$PMCORE_S3_PORT" s3s-fs --host 127.0.0.1 --port "$PMCORE_S3_PORT" \
+    --access-key "$PMCORE_S3_ACCESS_KEY" --secret-key "$PMCORE_S3_SECRET_KEY" "$S/s3"
+}
+
+smtp_up() {
+  python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet 'aiosmtpd==1.4.6'
+  start_bg smtp-sink "$PMCORE_SMTP_PORT" python3 -m aiosmtpd -n -l "127.0.0.1:$PMCORE_SMTP_PORT"
+}
+
+# Services -------------------------------------------------------------------------
+
+service_port() {
+  case "$1" in
+    api) echo 3001 ;; audit-log) echo 3003 ;; messaging) echo 3004 ;; der-gateway-relay) echo 3005 ;;
+    worker) echo 3010 ;; scheduler) echo 3011 ;; bucket-watcher) echo 3012 ;;
+  esac
+}
+
+services_up() {
+  [ -n "$*" ] || return 0
+  say "building services"
+  cargo build --quiet --bins
+  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/api" migrate
+  for svc in "$@"; do
+    start_bg "$svc" "$(service_port "$svc")" "target/debug/$svc"
+  done
+}
+
+# Commands ---------------------------------------------------------------------------
+
+cmd_up() {
+  local profile=all mode_flag=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --profile) profile="${2:-}"; shift 2 ;;
+      --profile=*) profile="${1#*=}"; shift ;;
+      --native|--docker) mode_flag=$1; shift ;;
+      *) usage ;;
+    esac
+  done
+  local services; services="$(services_for "$profile")"
+  if [ "$(mode_for "$mode_flag")" = docker ]; then
+    say "docker compose -p pmcore --profile $profile up"
+    docker compose -p pmcore --profile "$profile" up -d --wait
+    return
+  fi
+  mkdir -p "$S"
+  scripts/install-tools.sh stack
+  echo "$profile" > "$S/profile"
+  pg_up
+  kafka_up
+  s3_up
+  if [ "$profile" = messaging ] || [ "$profile" = all ]; then smtp_up; fi
+  # shellcheck disable=SC2086
+  services_up $services
+  say "stack up (profile $profile); 'just stack-ps' shows it, 'just stack-down' stops it"
+}
+
+cmd_down() {
+  if docker_up && [ -n "$(docker compose -p pmcore ps -q 2>/dev/null)" ]; then docker compose -p pmcore --profile all down; fi
+  for svc in der-gateway-relay messaging audit-log bucket-watcher scheduler worker api smtp-sink s3s-fs tansu; do
+    stop_bg "$svc"
+  done
+  pg_down
+}
+
+cmd_destroy() {
+  cmd_down
+  if docker_up; then docker compose -p pmcore --profile all down -v; fi
+  rm -rf "$S" && say "removed $S"
+}
+
+row() { printf '%-18s %-24s %-8s %s\n' "$@"; }
+
+cmd_ps() {
+  row PART ADDRESS PID STATUS
+  local bin; bin="$(pg_bin)"
+  local pg_status=down
+  [ -n "$bin" ] && "$bin/pg_isready" -q -h 127.0.0.1 -p "$PMCORE_PG_PORT" && pg_status=healthy
+  row postgres "127.0.0.1:$PMCORE_PG_PORT" "$(head -n 1 "$S/postgres/data/postmaster.pid" 2>/dev/null || echo -)" "$pg_status"
+  local part port
+  for part in tansu:$PMCORE_KAFKA_PORT s3s-fs:$PMCORE_S3_PORT smtp-sink:$PMCORE_SMTP_PORT; do
+    port=${part#*:}; part=${part%%:*}
+    local pid=- status=down
+    pid_alive "$S/$part.pid" && pid="$(cat "$S/$part.pid")"
+    if port_open "$port"; then status=healthy; elif [ "$pid" != - ]; then status=unhealthy; fi
+    [ "$part" = smtp-sink ] && [ "$pid" = - ] && [ "$status" = down ] && status="not started"
+    row "$part" "127.0.0.1:$port" "$pid" "$status"
+  done
+  local svc
+  for svc in api worker scheduler bucket-watcher audit-log messaging der-gateway-relay; do
+    port="$(service_port "$svc")"
+    local pid=- status="not started"
+    pid_alive "$S/$svc.pid" && pid="$(cat "$S/$svc.pid")" && status=unhealthy
+    if [ "$pid" != - ] && curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz"; then status=healthy; fi
+    row "$svc" "127.0.0.1:$port" "$pid" "$status"
+  done
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) cmd_down ;;
+  destroy) cmd_destroy ;;
+  ps) cmd_ps ;;
+  *) usage ;;
+esac

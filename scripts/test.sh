@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The full test suite against the running stack: lint, contract validators, and every
+# Rust test (unit and integration) in parallel. Extra arguments go to the test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+say() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for part in "postgres:$PMCORE_PG_PORT" "kafka:$PMCORE_KAFKA_PORT" "s3:$PMCORE_S3_PORT"; do
+  port_open "${part#*:}" || { say "${part%%:*} does not answer on ${part#*:}: run 'just stack-up --profile testing' first"; exit 1; }
+done
+
+say "formatting and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+say "contracts: AsyncAPI document and docker-compose.yml"
+scripts/install-tools.sh node
+node tools/node/asyncapi.mjs validate
+node tools/node/compose.mjs
+
+say "building the service binaries (the integration tests start them)"
+cargo build --bins --quiet
+
+say "rust tests"
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    pmcore_runtime::main::<pmcore_bucket_watcher::App>()
+}

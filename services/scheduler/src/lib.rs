@@ -1,0 +1,100 @@
+//! `scheduler`: owns time. Any number may run; one holds the Postgres leader lock and
+//! does the work, the others wait to take over.
+
+mod leader;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::Router;
+use pmcore_db::DbConfig;
+use pmcore_kafka::KafkaConfig;
+use pmcore_runtime::{Platform, Service, supervise};
+use tokio_util::sync::CancellationToken;
+
+pub use leader::Leadership;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(
+        long = "listen",
+        env = "PMCORE_SCHEDULER_LISTEN",
+        default_value = "0.0.0.0:3011"
+    )]
+    pub listen: SocketAddr,
+
+    /// How often a follower tries to become leader, in milliseconds.
+    #[arg(
+        long = "leader-poll-ms",
+        env = "PMCORE_SCHEDULER_LEADER_POLL_MS",
+        default_value_t = 2000
+    )]
+    pub leader_poll_ms: u64,
+
+    #[command(flatten)]
+    pub database: DbConfig,
+
+    #[command(flatten)]
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    platform: Platform,
+    leadership: Leadership,
+}
+
+impl App {
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.platform.local_addr()
+    }
+
+    /// Whether this instance currently holds the leader lock.
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.clone()
+    }
+}
+
+impl Service for App {
+    const NAME: &'static str = "scheduler";
+    const ABOUT: &'static str = "pmcore scheduler: starts and ends dispatch events and runs periodic jobs (one leader at a time)";
+    type Config = Config;
+
+    fn database(config: &Config) -> &DbConfig {
+        &config.database
+    }
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        Ok(Self {
+            config,
+            platform,
+            leadership: Leadership::default(),
+        })
+    }
+
+    async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let readiness = self.platform.readiness();
+        let elect = leader::hold(
+            self.platform.pool.clone(),
+            self.leadership.clone(),
+            Duration::from_millis(self.config.leader_poll_ms),
+            cancel.clone(),
+        );
+        supervise(
+            cancel.clone(),
+            vec![
+                self.platform.prepare_topics(cancel.clone()),
+                self.platform.outbox_relay(cancel.clone()),
+                Box::pin(elect),
+                self.platform.serve(Router::new(), readiness, cancel),
+            ],
+        )
+        .await
+    }
+}

@@ -1,0 +1,304 @@
+//! Helpers for tests that run against the real stack (`just stack-up --profile testing`).
+//!
+//! Every test gets its own database (migrated from `flyway/`), its own topic prefix
+//! and consumer groups, so tests run in parallel against one Postgres and one broker.
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pmcore_db::DbConfig;
+use pmcore_kafka::KafkaConfig;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+/// Postgres URL of the stack (the `pmcore` superuser of the dev cluster).
+pub fn database_url() -> String {
+    std::env::var("PMCORE_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://pmcore:pmcore@127.0.0.1:5432/pmcore".to_owned())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("PMCORE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A database of its own for one test, migrated to the latest version.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> anyhow::Result<Self> {
+        Self::at(&database_url()).await
+    }
+
+    /// Creates the database on the server behind `url`.
+    pub async fn at(url: &str) -> anyhow::Result<Self> {
+        let name = format!("pmcore_t_{}", Uuid::now_v7().simple());
+        let mut admin = PgConnection::connect(&with_database(url, "postgres")).await?;
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let url = with_database(url, &name);
+        let config = DbConfig::from_url(&url);
+        pmcore_db::migrate::run(&config).await?;
+        let pool = PgPool::connect(&url).await?;
+        Ok(Self { name, url, pool })
+    }
+
+    pub fn config(&self) -> DbConfig {
+        DbConfig::from_url(&self.url)
+    }
+}
+
+/// A topic prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{}.", Uuid::now_v7().simple())
+}
+
+pub fn kafka(prefix: &str) -> KafkaConfig {
+    KafkaConfig::new(&kafka_brokers(), prefix)
+}
+
+/// Polls `probe` every 100 ms until it yields `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port")
+}
+
+/// Status code of `GET http://addr/path`, or None when nothing answers.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let url = format!("http://{addr}{path}");
+    let response = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
+}
+
+/// A private tansu broker on its own port and SQLite file, for tests that stop and
+/// start the broker without disturbing other tests.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Chooses a port and a data folder; does not start the broker.
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("pmcore-tansu-{}", Uuid::now_v7().simple()));
+        Self {
+            port: free_port(),
+            dir,
+            child: None,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (or restarts) the broker on the same port and storage.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let bin = std::env::var("PMCORE_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(bin)
+            .arg("broker")
+            .arg("--storage-engine")
+            .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        eventually(
+            Duration::from_secs(30),
+            "private tansu to listen",
+            || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Kills the broker (SIGKILL: the harshest outage).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Default for PrivateBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Forwards a loopback port to the stack's Postgres once started: stands for a
+/// database that comes up after the service.
+#[derive(Debug)]
+pub struct LatePostgres {
+    pub port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LatePostgres {
+    pub fn new() -> Self {
+        Self {
+            port: free_port(),
+            task: None,
+        }
+    }
+
+    /// The URL of database `name` through this port.
+    pub fn url(&self, name: &str) -> String {
+        let real = database_url();
+        let port_start = real.rfind(':').map_or(0, |i| i + 1);
+        let after_port = real[port_start..]
+            .find('/')
+            .map_or(real.len(), |i| port_start + i);
+        let moved = format!(
+            "{}{}{}",
+            &real[..port_start],
+            self.port,
+            &real[after_port..]
+        );
+        with_database(&moved, name)
+    }
+
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await?;
+        let upstream = upstream_addr();
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Default for LatePostgres {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for LatePostgres {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn upstream_addr() -> String {
+    let url = database_url();
+    let after_at = url.rsplit_once('@').map_or(url.as_str(), |(_, rest)| rest);
+    after_at
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .to_owned()
+}
+
+/// A service running in this process until [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    cancel: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start<S: pmcore_runtime::Service + 'static>(app: S, addr: SocketAddr) -> Self {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(app.run(cancel.clone()));
+        Self {
+            addr,
+            cancel,
+            handle,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self, timeout: Duration) {
+        let addr = self.addr;
+        eventually(timeout, "/readyz to answer 200", || async move {
+            (http_status(addr, "/readyz").await == Some(200)).then_some(())
+        })
+        .await;
+    }
+
+    /// Cancels the service as SIGTERM would and returns how long it took to stop.
+    pub async fn stop(self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle).await???;
+        Ok(started.elapsed())
+    }
+}

@@ -1,0 +1,9 @@
+//! Backbone integration tests on the real stack: Postgres, a Kafka-protocol broker
+//! and the services' own code, over the network.
+
+mod dead_letters;
+mod helpers;
+mod late_dependencies;
+mod outage;
+mod outbox_and_inbox;
+mod services;

@@ -1,0 +1,115 @@
+//! Every service binary answers `--help`, becomes ready against the stack and exits
+//! 0 on SIGTERM within 10 s.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pmcore_backbone_tests::{
+    TestDb, database_url, eventually, free_port, http_status, kafka_brokers, unique_prefix,
+    with_database,
+};
+
+const SERVICES: [(&str, &str); 7] = [
+    ("api", "PMCORE_API_LISTEN"),
+    ("worker", "PMCORE_WORKER_LISTEN"),
+    ("scheduler", "PMCORE_SCHEDULER_LISTEN"),
+    ("bucket-watcher", "PMCORE_BUCKET_WATCHER_LISTEN"),
+    ("audit-log", "PMCORE_AUDIT_LOG_LISTEN"),
+    ("messaging", "PMCORE_MESSAGING_LISTEN"),
+    ("der-gateway-relay", "PMCORE_RELAY_LISTEN"),
+];
+
+/// The service binaries sit next to this test's `deps/` folder (`just test` builds them).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn every_binary_lists_its_configuration_in_help() {
+    for (name, listen_env) in SERVICES {
+        let out = Command::new(binary(name))
+            .arg("--help")
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{name} --help failed");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for expected in [
+            "PMCORE_DATABASE_URL",
+            "PMCORE_KAFKA_BROKERS",
+            listen_env,
+            "migrate",
+            "healthcheck",
+        ] {
+            assert!(
+                help.contains(expected),
+                "{name} --help lacks {expected}:\n{help}"
+            );
+        }
+        assert!(
+            !help.contains("pmcore:pmcore@"),
+            "{name} --help must not print the database password"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_binary_becomes_ready_and_exits_zero_on_sigterm_within_ten_seconds() {
+    let db = TestDb::new().await.expect("test database");
+    let prefix = unique_prefix();
+    for (name, listen_env) in SERVICES {
+        let port = free_port();
+        let mut child = Command::new(binary(name))
+            .env(
+                "PMCORE_DATABASE_URL",
+                with_database(&database_url(), &db.name),
+            )
+            .env("PMCORE_KAFKA_BROKERS", kafka_brokers())
+            .env("PMCORE_KAFKA_TOPIC_PREFIX", &prefix)
+            .env(listen_env, format!("127.0.0.1:{port}"))
+            .env("PMCORE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starts");
+        let addr = ([127, 0, 0, 1], port).into();
+        eventually(
+            Duration::from_secs(60),
+            &format!("{name} to be ready"),
+            || async move { (http_status(addr, "/readyz").await == Some(200)).then_some(()) },
+        )
+        .await;
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("metrics");
+        assert_eq!(metrics.status().as_u16(), 200, "{name} serves /metrics");
+
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let started = Instant::now();
+        let exit = loop {
+            if let Some(exit) = child.try_wait().expect("wait") {
+                break exit;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{name} did not stop within 10 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(exit.success(), "{name} exited with {exit}");
+    }
+}
