@@ -11,9 +11,13 @@ default:
 
 # ---- quick start -------------------------------------------------------------------
 
-# Bring up the whole system (every service) on the embedded stack or Docker.
-up: (stack-up "--profile" "all")
+# Bring up the whole system (every service) with seed data, on the embedded stack or Docker.
+up: (stack-up "--profile" "all") seed-database
     @scripts/stack.sh ps
+
+# Seed the database with the demo's organizations and programs (idempotent).
+seed-database:
+    source scripts/env.sh && cargo run --quiet --bin seed
 
 # ---- stack -------------------------------------------------------------------------
 

@@ -55,8 +55,8 @@ fi
 
 if [ "$want" = all ] || [ "$want" = node ]; then
   if ! command -v npm >/dev/null; then apt_install nodejs npm; fi
-  if [ ! -d asyncapi/node_modules/@asyncapi/parser ]; then
-    say "npm ci in asyncapi/ (AsyncAPI parser and HTML renderer)"
-    (cd asyncapi && npm ci --no-audit --no-fund --loglevel=error)
+  if [ ! -d tools/node/node_modules/@asyncapi/parser ] || [ tools/node/package-lock.json -nt tools/node/node_modules/.package-lock.json ]; then
+    say "npm ci in tools/node/ (AsyncAPI parser, HTML renderer, Compose schema)"
+    (cd tools/node && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi

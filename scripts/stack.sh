@@ -49,10 +49,13 @@ services_for() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-wait_port() { # wait_port PORT NAME [SECONDS]
+wait_port() { # wait_port PORT NAME [SECONDS]: fails early when NAME's process died
   local deadline=$((SECONDS + ${3:-60}))
   until port_open "$1"; do
-    [ $SECONDS -lt $deadline ] || die "$2 did not open port $1; see its log under $S"
+    if [ -f "$S/$2.pid" ] && ! pid_alive "$S/$2.pid"; then
+      die "$2 exited during start-up: $(tail -n 5 "$S/$2.log" 2>/dev/null)"
+    fi
+    [ $SECONDS -lt $deadline ] || die "$2 did not open port $1 within ${3:-60} s; see $S/$2.log"
     sleep 0.2
   done
 }
@@ -127,8 +130,9 @@ stop_bg() { # stop_bg NAME: SIGTERM, then SIGKILL after 10 s
 
 kafka_up() {
   mkdir -p "$S/tansu"
-  start_bg tansu "$PMCORE_KAFKA_PORT" tansu broker \
-    --storage-engine "sqlite://$S/tansu/tansu.db" \
+  # tansu resolves a sqlite:// path against its working directory, absolute or not.
+  start_bg tansu "$PMCORE_KAFKA_PORT" env -C "$S/tansu" tansu broker \
+    --storage-engine "sqlite://tansu.db" \
     --listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT"
 }

@@ -9,7 +9,8 @@ pub struct DbConfig {
         long = "database-url",
         env = "PMCORE_DATABASE_URL",
         default_value = "postgres://pmcore:pmcore@127.0.0.1:5432/pmcore",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub url: SecretString,
 

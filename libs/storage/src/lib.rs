@@ -35,7 +35,8 @@ pub struct S3Config {
         long = "s3-secret-key",
         env = "PMCORE_S3_SECRET_KEY",
         default_value = "pmcore-secret",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     pub secret_key: SecretString,
 

@@ -149,10 +149,12 @@ impl PrivateBroker {
         std::fs::create_dir_all(&self.dir)?;
         let bin = std::env::var("PMCORE_TANSU_BIN").unwrap_or_else(|_| "tansu".to_owned());
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        // tansu resolves a sqlite:// path against its working directory.
         let child = Command::new(bin)
+            .current_dir(&self.dir)
             .arg("broker")
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}/tansu.db", self.dir.display()))
+            .arg("sqlite://tansu.db")
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")

@@ -31,7 +31,10 @@ async fn a_state_change_and_its_event_commit_together_and_reach_the_audit_log() 
     assert_eq!(subject, committed.program_id);
     assert_eq!(principal.as_deref(), Some("client:test"));
 
-    // The rolled-back change left neither a row nor an event behind.
+    // The rolled-back change left neither a row nor an event behind. It was written
+    // before the committed one, so had it reached the outbox it would have been
+    // published first; give the audit log a moment to show it anyway.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let programs: i64 = sqlx::query_scalar("select count(*) from pm.program where id::text = $1")
         .bind(&rolled_back.program_id)
         .fetch_one(&db.pool)
