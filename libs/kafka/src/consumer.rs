@@ -131,32 +131,33 @@ async fn run_once<H: Handler>(
         // Offsets are stored by hand, after the database commit.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A member the broker no longer knows (after a broker restart, or a consumer
+        // that died) holds its partitions until the session times out; 10 s rather
+        // than 45 s keeps that gap short.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
         .create()?;
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
-    let dlq = idempotent_producer(config)?;
+    let mut dlq = idempotent_producer(config)?;
     tracing::info!(group = %spec.group, topics = ?names, "consumer started");
 
-    let mut retry = retry_policy();
     loop {
         let message = tokio::select! {
             () = cancel.cancelled() => break,
             message = consumer.recv() => message,
         };
         let message = match message {
-            Ok(m) => {
-                retry = retry_policy();
-                m
-            }
+            Ok(m) => m,
+            // Errors here report the client's state (broker away, rebalancing);
+            // librdkafka reconnects by itself. Waiting here would only make the
+            // consumer drain stale reports slowly after the broker is back.
             Err(error) => {
                 tracing::warn!(%error, group = %spec.group, "consumer error");
-                if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
-                    break;
-                }
                 continue;
             }
         };
-        let outcome = process(config, pool, spec, handler, &dlq, &message, cancel).await;
+        let outcome = process(config, pool, spec, handler, &mut dlq, &message, cancel).await;
         let label = match outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
@@ -179,13 +180,13 @@ async fn process<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    dlq: &FutureProducer,
+    dlq: &mut FutureProducer,
     message: &BorrowedMessage<'_>,
     cancel: &CancellationToken,
 ) -> Outcome {
     let record = match parse(config, message) {
         Ok(record) => record,
-        Err(reason) => return dead_letter(spec, dlq, message, &reason, cancel).await,
+        Err(reason) => return dead_letter(config, spec, dlq, message, &reason, cancel).await,
     };
     let mut retry = retry_policy();
     loop {
@@ -193,7 +194,8 @@ async fn process<H: Handler>(
             Ok(true) => return Outcome::Applied,
             Ok(false) => return Outcome::Duplicate,
             Err(HandlerError::Permanent(error)) => {
-                return dead_letter(spec, dlq, message, &format!("{error:#}"), cancel).await;
+                return dead_letter(config, spec, dlq, message, &format!("{error:#}"), cancel)
+                    .await;
             }
             Err(HandlerError::Transient(error)) => {
                 tracing::warn!(error = %format!("{error:#}"), ce_id = %record.envelope.id, "retrying record");
@@ -255,8 +257,9 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
 /// Copies the record to the dead-letter topic, retrying until the broker takes it,
 /// so the offset is never stored for a record that is neither applied nor parked.
 async fn dead_letter(
+    config: &KafkaConfig,
     spec: &ConsumerSpec,
-    producer: &FutureProducer,
+    producer: &mut FutureProducer,
     message: &BorrowedMessage<'_>,
     reason: &str,
     cancel: &CancellationToken,
@@ -309,6 +312,10 @@ async fn dead_letter(
             }
             Err((error, _)) => {
                 tracing::warn!(%error, %topic, "dead-letter publish failed; retrying");
+                // A fresh producer id, as in the outbox relay.
+                if let Ok(fresh) = idempotent_producer(config) {
+                    *producer = fresh;
+                }
                 if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
                     return Outcome::Abandoned;
                 }

@@ -12,7 +12,7 @@ use futures::future::join_all;
 use pmcore_events::{DomainEvent, Envelope, avro};
 use rdkafka::{
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{FutureProducer, FutureRecord},
 };
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
@@ -109,9 +109,11 @@ impl OutboxRelay {
                 Err(error) => {
                     tracing::warn!(%error, "outbox publish failed; will retry");
                     metrics::counter!("pmcore_outbox_publish_failures_total").increment(1);
-                    if producer_ref.client().fatal_error().is_some() {
-                        producer = None;
-                    }
+                    // After timed-out deliveries an idempotent producer's sequence numbers
+                    // may no longer match the broker's, which then rejects every later
+                    // batch (seen with tansu). A fresh producer gets a fresh producer id;
+                    // the rows are still in the outbox and consumers absorb duplicates.
+                    producer = None;
                     retry.next().unwrap_or(crate::MAX_BACKOFF)
                 }
             };

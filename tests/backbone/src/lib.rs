@@ -16,6 +16,17 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
 use uuid::Uuid;
 
+/// Sends the services' logs to the test output when `PMCORE_TEST_LOG` is set
+/// (e.g. `PMCORE_TEST_LOG=info,pmcore_kafka=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("PMCORE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Postgres URL of the stack (the `pmcore` superuser of the dev cluster).
 pub fn database_url() -> String {
     std::env::var("PMCORE_DATABASE_URL")
@@ -49,6 +60,7 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> anyhow::Result<Self> {
+        init_logs();
         Self::at(&database_url()).await
     }
 

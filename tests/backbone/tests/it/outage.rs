@@ -20,7 +20,10 @@ async fn writes_succeed_while_the_broker_is_down_and_every_event_arrives_after_i
     let db = TestDb::new().await.expect("test database");
     let mut broker = PrivateBroker::new();
     broker.start().await.expect("private broker starts");
-    let kafka = KafkaConfig::new(&broker.brokers(), "");
+    // A short delivery timeout, so the outage outlasts what the producer would buffer
+    // by itself and only the outbox keeps the events.
+    let mut kafka = KafkaConfig::new(&broker.brokers(), "");
+    kafka.message_timeout_ms = 2_000;
     let api = api(&db, &kafka).await;
     let audit = audit_log(&db, &kafka).await;
     let org = insert_organization(&db).await;
@@ -39,7 +42,7 @@ async fn writes_succeed_while_the_broker_is_down_and_every_event_arrives_after_i
     for _ in 0..DURING {
         create_program(&db, org, true).await; // panics if a write failed
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let waiting: i64 = sqlx::query_scalar("select count(*) from pm.outbox")
         .fetch_one(&db.pool)
         .await
