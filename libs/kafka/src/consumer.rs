@@ -21,9 +21,11 @@ use rdkafka::{
 };
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
-    KafkaConfig, MAX_BACKOFF, idempotent_producer, outbox::sleep_or_cancel, retry_policy, topics,
+    KafkaConfig, KafkaContext, MAX_BACKOFF, idempotent_producer, outbox::sleep_or_cancel,
+    retry_policy, topics, trace,
 };
 
 /// One parsed record handed to a [`Handler`].
@@ -123,7 +125,7 @@ async fn run_once<H: Handler>(
         .collect();
     topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
 
-    let consumer: StreamConsumer = config
+    let consumer: StreamConsumer<KafkaContext> = config
         .client_config()
         .set("group.id", &spec.group)
         .set("enable.auto.commit", "true")
@@ -136,7 +138,8 @@ async fn run_once<H: Handler>(
         // than 45 s keeps that gap short.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
-        .create()?;
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(KafkaContext::consumer(&spec.group))?;
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
     let mut dlq = idempotent_producer(config)?;
@@ -180,7 +183,7 @@ async fn process<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    dlq: &mut FutureProducer,
+    dlq: &mut FutureProducer<KafkaContext>,
     message: &BorrowedMessage<'_>,
     cancel: &CancellationToken,
 ) -> Outcome {
@@ -188,9 +191,20 @@ async fn process<H: Handler>(
         Ok(record) => record,
         Err(reason) => return dead_letter(config, spec, dlq, message, &reason, cancel).await,
     };
+    let span = tracing::info_span!(
+        "consume",
+        group = %spec.group,
+        topic = %record.topic,
+        ce_type = %record.envelope.ce_type,
+        ce_id = %record.envelope.id,
+    );
+    trace::continue_trace(&span, record.envelope.traceparent.as_deref());
     let mut retry = retry_policy();
     loop {
-        match apply(pool, spec, handler, &record).await {
+        match apply(pool, spec, handler, &record)
+            .instrument(span.clone())
+            .await
+        {
             Ok(true) => return Outcome::Applied,
             Ok(false) => return Outcome::Duplicate,
             Err(HandlerError::Permanent(error)) => {
@@ -259,7 +273,7 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
 async fn dead_letter(
     config: &KafkaConfig,
     spec: &ConsumerSpec,
-    producer: &mut FutureProducer,
+    producer: &mut FutureProducer<KafkaContext>,
     message: &BorrowedMessage<'_>,
     reason: &str,
     cancel: &CancellationToken,

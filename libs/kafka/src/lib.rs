@@ -6,25 +6,28 @@
 
 mod config;
 pub mod consumer;
+mod context;
 pub mod outbox;
 pub mod topics;
+pub mod trace;
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 pub use config::KafkaConfig;
+pub use context::KafkaContext;
 use rdkafka::{ClientConfig, producer::FutureProducer};
 
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`): retries cannot
 /// duplicate or reorder records within a partition.
-pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer> {
+pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer<KafkaContext>> {
     let producer = config
         .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
-        .create()?;
+        .create_with_context(KafkaContext::default())?;
     Ok(producer)
 }
 
@@ -36,7 +39,8 @@ pub async fn ping(config: &KafkaConfig) -> anyhow::Result<()> {
             consumer::{BaseConsumer, Consumer},
             util::Timeout,
         };
-        let probe: BaseConsumer = client_config.create()?;
+        let probe: BaseConsumer<KafkaContext> =
+            client_config.create_with_context(KafkaContext::default())?;
         probe.fetch_metadata(None, Timeout::After(std::time::Duration::from_secs(2)))?;
         Ok(())
     })

@@ -17,10 +17,10 @@ use rdkafka::{
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::{KafkaConfig, idempotent_producer};
+use crate::{KafkaConfig, KafkaContext, idempotent_producer, trace};
 
 /// Who publishes and on whose behalf; becomes the CloudEvents `source`, `ce_principal`
-/// and `traceparent` headers.
+/// and `traceparent` headers (the current span's when not given).
 #[derive(Debug, Clone, Default)]
 pub struct EventMeta {
     pub source: String,
@@ -35,7 +35,7 @@ pub async fn enqueue<E: DomainEvent>(
     meta: &EventMeta,
 ) -> anyhow::Result<Envelope> {
     let mut envelope = Envelope::for_event(event, &meta.source, meta.principal.clone());
-    envelope.traceparent = meta.traceparent.clone();
+    envelope.traceparent = meta.traceparent.clone().or_else(trace::current_traceparent);
     let payload = avro::encode(event)?;
     let headers: Vec<(&str, String)> = envelope.to_headers();
     sqlx::query("insert into pm.outbox (topic, key, headers, payload) values ($1, $2, $3, $4)")
@@ -131,7 +131,10 @@ impl OutboxRelay {
 
     /// Publishes one batch in id order and deletes what the broker acknowledged.
     /// Returns how many rows were published.
-    async fn publish_batch(&self, producer: &FutureProducer) -> anyhow::Result<usize> {
+    async fn publish_batch(
+        &self,
+        producer: &FutureProducer<KafkaContext>,
+    ) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
             .bind(RELAY_LOCK)

@@ -6,15 +6,16 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     types::RDKafkaErrorCode,
 };
 
-use crate::KafkaConfig;
+use crate::{KafkaConfig, KafkaContext};
 
 /// Creates the given physical topics unless they exist.
 pub async fn ensure(config: &KafkaConfig, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
+    let admin: AdminClient<KafkaContext> = config
+        .client_config()
+        .create_with_context(KafkaContext::default())?;
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {

@@ -6,4 +6,7 @@ mod helpers;
 mod late_dependencies;
 mod outage;
 mod outbox_and_inbox;
+mod privileges;
+mod scheduler;
 mod services;
+mod storage;
