@@ -31,9 +31,11 @@ async fn one_scheduler_leads_and_another_takes_over_when_it_stops() {
     assert!(!second_lead.is_leader(), "only one leader at a time");
 
     first.stop().await.expect("first stops");
-    eventually(Duration::from_secs(10), "the second to take over", || async {
-        second_lead.is_leader().then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the second to take over",
+        || async { second_lead.is_leader().then_some(()) },
+    )
     .await;
     second.stop().await.expect("second stops");
 }

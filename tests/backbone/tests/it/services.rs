@@ -93,6 +93,11 @@ async fn every_binary_becomes_ready_and_exits_zero_on_sigterm_within_ten_seconds
             .await
             .expect("metrics");
         assert_eq!(metrics.status().as_u16(), 200, "{name} serves /metrics");
+        let text = metrics.text().await.expect("metrics body");
+        assert!(
+            text.contains(r#"pmcore_http_request_duration_seconds_bucket{method="GET",route="/readyz",status="200""#),
+            "{name} measures its requests:\n{text}"
+        );
 
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -6,7 +6,8 @@ use uuid::Uuid;
 fn config() -> S3Config {
     let suffix = Uuid::now_v7().simple().to_string();
     S3Config {
-        endpoint: std::env::var("PMCORE_S3_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
+        endpoint: std::env::var("PMCORE_S3_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
         region: "us-east-1".into(),
         access_key: std::env::var("PMCORE_S3_ACCESS_KEY").unwrap_or_else(|_| "pmcore".into()),
         secret_key: std::env::var("PMCORE_S3_SECRET_KEY")
@@ -21,10 +22,17 @@ fn config() -> S3Config {
 async fn buckets_are_created_once_and_objects_round_trip() {
     let config = config();
     let s3 = client(&config);
-    assert!(ping(&s3, &config).await.is_err(), "fresh bucket names do not exist yet");
+    assert!(
+        ping(&s3, &config).await.is_err(),
+        "fresh bucket names do not exist yet"
+    );
     ensure_buckets(&s3, &config).await.expect("created");
-    ensure_buckets(&s3, &config).await.expect("creating again is a no-op");
-    ping(&s3, &config).await.expect("ready once the buckets exist");
+    ensure_buckets(&s3, &config)
+        .await
+        .expect("creating again is a no-op");
+    ping(&s3, &config)
+        .await
+        .expect("ready once the buckets exist");
 
     let body = b"der_id,type,nameplate_kw\n1,battery,5.0\n".to_vec();
     s3.put_object()
