@@ -82,8 +82,8 @@ test *args:
 
 # Line coverage of the test suite (installs cargo-llvm-cov on first use).
 coverage:
-    command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --version 0.6.21 --locked
-    rustup component add llvm-tools-preview >/dev/null 2>&1 || true
+    command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --version 0.9.1 --locked
+    rustup component add llvm-tools-preview
     source scripts/env.sh && cargo llvm-cov nextest --workspace --summary-only
 
 # ---- run ---------------------------------------------------------------------------

@@ -23,6 +23,10 @@ pub trait Service: Sized + Send {
 
 #[derive(Debug, Parser)]
 struct Cli<C: Args> {
+    /// TOML file of settings (keys: the PMCORE_* names in lower case, without PMCORE_).
+    /// Flags and environment variables take precedence over it.
+    #[arg(long = "config", env = "PMCORE_CONFIG", global = true)]
+    config_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     config: C,
     #[command(flatten)]
@@ -43,11 +47,21 @@ enum Command {
 
 /// The whole of a service's `main`.
 pub fn main<S: Service>() -> ExitCode {
-    let command = Cli::<S::Config>::command()
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut command = Cli::<S::Config>::command()
         .name(S::NAME)
         .about(S::ABOUT)
         .version(env!("CARGO_PKG_VERSION"));
-    let cli = match Cli::<S::Config>::from_arg_matches(&command.get_matches()) {
+    if let Some(path) = crate::config_file::path_from(&args) {
+        command = match crate::config_file::apply(command, &path) {
+            Ok(command) => command,
+            Err(e) => {
+                eprintln!("{}: {e:#}", S::NAME);
+                return ExitCode::from(2);
+            }
+        };
+    }
+    let cli = match Cli::<S::Config>::from_arg_matches(&command.get_matches_from(args)) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };

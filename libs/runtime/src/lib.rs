@@ -3,6 +3,7 @@
 //! and shutdown on SIGTERM.
 
 pub mod cli;
+mod config_file;
 pub mod health;
 pub mod http;
 pub mod platform;
