@@ -60,6 +60,11 @@ gen-asyncapi-spec format="html":
     scripts/install-tools.sh node
     node asyncapi/tools/asyncapi.mjs {{format}}
 
+# Write the api's OpenAPI document (generated from the code) to services/api/openapi.json or .yaml.
+gen-api-spec format="json":
+    cargo run --quiet --bin api-openapi -- {{format}} > services/api/openapi.{{format}}
+    @echo "wrote services/api/openapi.{{format}}"
+
 # Validate asyncapi/asyncapi.yaml with the AsyncAPI parser.
 validate-asyncapi:
     scripts/install-tools.sh node

@@ -83,8 +83,21 @@ pub static PROGRAM_CREATED: EventType = event_type!(
     "program-created.avsc"
 );
 
+pub static PROGRAM_UPDATED: EventType = event_type!(
+    "pmcore.program.updated.v1",
+    PROGRAMS,
+    "program-updated.avsc"
+);
+
+pub static PROGRAM_STATUS_CHANGED: EventType = event_type!(
+    "pmcore.program.status-changed.v1",
+    PROGRAMS,
+    "program-status-changed.avsc"
+);
+
 /// Every event type the code can publish or consume.
-pub static EVENT_TYPES: &[&EventType] = &[&PROGRAM_CREATED];
+pub static EVENT_TYPES: &[&EventType] =
+    &[&PROGRAM_CREATED, &PROGRAM_UPDATED, &PROGRAM_STATUS_CHANGED];
 
 pub fn event_type(ce_type: &str) -> Option<&'static EventType> {
     EVENT_TYPES.iter().copied().find(|t| t.ce_type == ce_type)

@@ -23,3 +23,40 @@ impl DomainEvent for ProgramCreated {
         self.program_id.clone()
     }
 }
+
+/// `pmcore.program.updated.v1`: a draft program was edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramUpdated {
+    pub program_id: String,
+    pub organization_id: String,
+    pub changed_fields: Vec<String>,
+    /// The program after the edit, as the REST API renders it.
+    pub program_json: String,
+    pub updated_at: i64,
+}
+
+impl DomainEvent for ProgramUpdated {
+    const TYPE: &'static EventType = &catalog::PROGRAM_UPDATED;
+
+    fn subject(&self) -> String {
+        self.program_id.clone()
+    }
+}
+
+/// `pmcore.program.status-changed.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStatusChanged {
+    pub program_id: String,
+    pub organization_id: String,
+    pub from_status: String,
+    pub to_status: String,
+    pub changed_at: i64,
+}
+
+impl DomainEvent for ProgramStatusChanged {
+    const TYPE: &'static EventType = &catalog::PROGRAM_STATUS_CHANGED;
+
+    fn subject(&self) -> String {
+        self.program_id.clone()
+    }
+}

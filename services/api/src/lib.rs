@@ -1,22 +1,96 @@
-//! `api`: REST API (programs, DERs, gateways, enrollments, dispatch events) and the OAuth2 token endpoint. This foundation serves the operational endpoints and publishes its outbox.
+//! `api`: the REST API (programs, DERs, gateways, enrollments, dispatch events) and the
+//! OAuth2 token endpoint. Every change commits with its event through the outbox.
 
-use std::net::SocketAddr;
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod limits;
+pub mod openapi;
+pub mod organizations;
+pub mod pagination;
+pub mod programs;
+pub mod state;
 
-use axum::Router;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use backon::{ExponentialBuilder, Retryable};
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
 use pmcore_runtime::{Platform, Service, supervise};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+use utoipa_scalar::{Scalar, Servable};
+use uuid::Uuid;
+
+use crate::{auth::tokens::Tokens, error::ApiError, limits::Limits, state::AppState};
+
+/// Largest request body the API reads.
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+    /// Address of the REST API and the operational endpoints.
     #[arg(
         long = "listen",
         env = "PMCORE_API_LISTEN",
         default_value = "0.0.0.0:3001"
     )]
     pub listen: SocketAddr,
+
+    /// Key that signs and verifies access tokens (HS256), at least 32 bytes. Every
+    /// api instance, and every service that checks tokens, needs the same key. When
+    /// unset a random one is made, so tokens die with the process.
+    #[arg(
+        long = "jwt-secret",
+        env = "PMCORE_AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<SecretString>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(
+        long = "token-ttl-secs",
+        env = "PMCORE_AUTH_TOKEN_TTL_SECS",
+        default_value_t = 3600
+    )]
+    pub token_ttl_secs: u64,
+
+    /// Sustained requests per second allowed to one client.
+    #[arg(
+        long = "rate-limit-per-second",
+        env = "PMCORE_API_RATE_LIMIT_PER_SECOND",
+        default_value_t = 200
+    )]
+    pub rate_per_second: u32,
+
+    /// Requests one client may burst above its sustained rate.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "PMCORE_API_RATE_LIMIT_BURST",
+        default_value_t = 400
+    )]
+    pub rate_burst: u32,
+
+    /// Name of the utility organization the bootstrap admin belongs to.
+    #[arg(
+        long = "bootstrap-organization",
+        env = "PMCORE_BOOTSTRAP_ORGANIZATION",
+        default_value = "Utility"
+    )]
+    pub bootstrap_organization: String,
+
+    /// Id of the bootstrap admin client made on a fresh install (random when unset).
+    #[arg(long = "bootstrap-client-id", env = "PMCORE_BOOTSTRAP_CLIENT_ID")]
+    pub bootstrap_client_id: Option<Uuid>,
+
+    /// Its secret; when unset one is generated and printed once on stderr.
+    #[arg(
+        long = "bootstrap-client-secret",
+        env = "PMCORE_BOOTSTRAP_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub bootstrap_client_secret: Option<SecretString>,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -25,14 +99,53 @@ pub struct Config {
     pub kafka: KafkaConfig,
 }
 
+impl Config {
+    /// Defaults for everything but where to listen and what to connect to.
+    pub fn new(listen: SocketAddr, database: DbConfig, kafka: KafkaConfig) -> Self {
+        Self {
+            listen,
+            jwt_secret: None,
+            token_ttl_secs: 3600,
+            rate_per_second: 200,
+            rate_burst: 400,
+            bootstrap_organization: "Utility".to_owned(),
+            bootstrap_client_id: None,
+            bootstrap_client_secret: None,
+            database,
+            kafka,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct App {
+    config: Config,
     platform: Platform,
+    state: AppState,
 }
 
 impl App {
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
+    }
+
+    fn router(&self) -> Router {
+        let (router, api) = openapi::routes().split_for_parts();
+        let mut api = api;
+        api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        let spec = api.clone();
+        router
+            .route(
+                "/openapi.json",
+                get(move || async move { axum::Json(spec) }),
+            )
+            .merge(Scalar::with_url("/docs", api))
+            .fallback(|| async { ApiError::NotFound("route") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::BadRequest("this method is not allowed on this path".into())
+            })
+            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+            .with_state(self.state.clone())
     }
 }
 
@@ -51,20 +164,82 @@ impl Service for App {
     }
 
     async fn build(config: Config) -> anyhow::Result<Self> {
+        let key = match &config.jwt_secret {
+            Some(secret) => {
+                let key = secret.expose_secret().as_bytes().to_vec();
+                anyhow::ensure!(
+                    key.len() >= 32,
+                    "PMCORE_AUTH_JWT_SECRET must be at least 32 bytes"
+                );
+                key
+            }
+            None => {
+                tracing::warn!(
+                    "PMCORE_AUTH_JWT_SECRET is not set: using a random key; tokens will not survive a restart"
+                );
+                auth::secrets::generate().into_bytes()
+            }
+        };
         let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
-        Ok(Self { platform })
+        let state = AppState {
+            pool: platform.pool.clone(),
+            tokens: Arc::new(Tokens::new(
+                &key,
+                Duration::from_secs(config.token_ttl_secs),
+            )),
+            limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
+        };
+        Ok(Self {
+            config,
+            platform,
+            state,
+        })
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let readiness = self.platform.readiness();
+        let router = self.router();
+        let bootstrap = bootstrap(self.state.clone(), self.config.clone(), cancel.clone());
+        let housekeeping = housekeeping(self.state.limits.clone(), cancel.clone());
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
-                self.platform.serve(Router::new(), readiness, cancel),
+                Box::pin(bootstrap),
+                Box::pin(housekeeping),
+                self.platform.serve(router, readiness, cancel),
             ],
         )
         .await
+    }
+}
+
+/// Creates the bootstrap admin once Postgres answers.
+async fn bootstrap(
+    state: AppState,
+    config: Config,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let attempt = (|| auth::ensure_bootstrap_client(&state.pool, &config))
+        .retry(backoff)
+        .notify(|error, wait| tracing::warn!(%error, ?wait, "bootstrap client waits for Postgres"));
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        result = attempt => { result?; }
+    }
+    Ok(())
+}
+
+async fn housekeeping(limits: Arc<Limits>, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(60)) => limits.forget_idle(),
+        }
     }
 }

@@ -1,6 +1,6 @@
-use pmcore_backbone_tests::{TestDb, eventually, kafka, unique_prefix};
 use pmcore_events::catalog;
 use pmcore_kafka::KafkaConfig;
+use pmcore_testkit::{TestDb, eventually, kafka, unique_prefix};
 use rdkafka::Message;
 
 use crate::helpers::{

@@ -1,12 +1,12 @@
 use std::{net::SocketAddr, time::Duration};
 
-use pmcore_backbone_tests::{Running, TestDb};
 use pmcore_events::{DomainEvent, Envelope, avro, catalog, domain::ProgramCreated};
 use pmcore_kafka::{
     KafkaConfig,
     outbox::{self, EventMeta},
 };
 use pmcore_runtime::Service;
+use pmcore_testkit::{Running, TestDb};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{Consumer, StreamConsumer},
@@ -39,11 +39,7 @@ pub(crate) async fn audit_log(db: &TestDb, kafka: &KafkaConfig) -> Running {
 
 /// The api service (whose outbox relay publishes `pm.outbox`), running.
 pub(crate) async fn api(db: &TestDb, kafka: &KafkaConfig) -> Running {
-    let config = pmcore_api::Config {
-        listen: any_port(),
-        database: db.config(),
-        kafka: kafka.clone(),
-    };
+    let config = pmcore_api::Config::new(any_port(), db.config(), kafka.clone());
     let app = pmcore_api::App::build(config).await.expect("api builds");
     let addr = app.local_addr().expect("bound");
     Running::start(app, addr).await

@@ -1,9 +1,9 @@
 use std::time::Duration;
 
-use pmcore_backbone_tests::{LatePostgres, PrivateBroker, Running, TestDb, http_status};
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
 use pmcore_runtime::Service;
+use pmcore_testkit::{LatePostgres, PrivateBroker, Running, TestDb, http_status};
 
 #[tokio::test]
 async fn a_service_started_before_postgres_and_the_broker_becomes_ready_when_they_come_up() {

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use pmcore_backbone_tests::{PrivateBroker, TestDb, eventually};
 use pmcore_kafka::KafkaConfig;
+use pmcore_testkit::{PrivateBroker, TestDb, eventually};
 
 use crate::helpers::{api, audit_log, create_program, insert_organization};
 

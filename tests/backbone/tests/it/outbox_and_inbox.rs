@@ -1,5 +1,5 @@
-use pmcore_backbone_tests::{TestDb, eventually, kafka, unique_prefix};
 use pmcore_events::catalog;
+use pmcore_testkit::{TestDb, eventually, kafka, unique_prefix};
 
 use crate::helpers::{
     TIMEOUT, api, audit_entries_for, audit_log, create_program, encoded_event, insert_organization,

@@ -1,6 +1,6 @@
 //! Each service role has only the privileges it needs; the audit trail is append-only.
 
-use pmcore_backbone_tests::TestDb;
+use pmcore_testkit::TestDb;
 
 async fn as_role(db: &TestDb, role: &str, sql: &str) -> Result<(), String> {
     let mut tx = db.pool.begin().await.map_err(|e| e.to_string())?;

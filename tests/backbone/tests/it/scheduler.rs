@@ -1,8 +1,8 @@
 use std::time::Duration;
 
-use pmcore_backbone_tests::{Running, TestDb, eventually, kafka, unique_prefix};
 use pmcore_runtime::Service;
 use pmcore_scheduler::{App, Config, Leadership};
+use pmcore_testkit::{Running, TestDb, eventually, kafka, unique_prefix};
 
 async fn scheduler(db: &TestDb, prefix: &str) -> (Running, Leadership) {
     let config = Config {

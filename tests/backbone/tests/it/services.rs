@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pmcore_backbone_tests::{
+use pmcore_testkit::{
     TestDb, database_url, eventually, free_port, http_status, kafka_brokers, unique_prefix,
     with_database,
 };

@@ -1,0 +1,63 @@
+//! A fresh install has no client to call the API with. The api creates one admin
+//! client (and the operator organization it belongs to) when none exists; its secret
+//! comes from configuration or is generated and printed once.
+
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use super::secrets;
+use crate::Config;
+
+/// Creates the bootstrap admin unless any API client exists. Returns its id when it
+/// was created now.
+pub async fn ensure_bootstrap_client(
+    pool: &sqlx::PgPool,
+    config: &Config,
+) -> anyhow::Result<Option<Uuid>> {
+    let mut tx = pool.begin().await?;
+    // Several api instances may start together; one creates the client.
+    sqlx::query("select pg_advisory_xact_lock(7370111)")
+        .execute(&mut *tx)
+        .await?;
+    let any: bool = sqlx::query_scalar("select exists (select 1 from pm.api_client)")
+        .fetch_one(&mut *tx)
+        .await?;
+    if any {
+        return Ok(None);
+    }
+    let org_id: Uuid = sqlx::query_scalar(
+        "insert into pm.organization (id, name, kind) values ($1, $2, 'utility')
+         on conflict on constraint organization_name_key do update set updated_at = now()
+         returning id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&config.bootstrap_organization)
+    .fetch_one(&mut *tx)
+    .await?;
+    let client_id = config.bootstrap_client_id.unwrap_or_else(Uuid::now_v7);
+    let (secret, generated) = match &config.bootstrap_client_secret {
+        Some(s) => (s.expose_secret().to_owned(), false),
+        None => (secrets::generate(), true),
+    };
+    let hash =
+        tokio::task::spawn_blocking(move || secrets::hash(&secret).map(|h| (h, secret))).await??;
+    sqlx::query(
+        "insert into pm.api_client (id, organization_id, name, secret_hash, roles)
+         values ($1, $2, 'bootstrap-admin', $3, array['admin'])",
+    )
+    .bind(client_id)
+    .bind(org_id)
+    .bind(&hash.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(%client_id, "created the bootstrap admin client");
+    if generated {
+        // Printed once, to the terminal only (not to the structured log).
+        eprintln!(
+            "\npmcore: bootstrap admin client created\n  client_id:     {client_id}\n  client_secret: {}\n  (shown once; create your own clients with it, then disable it)\n",
+            hash.1
+        );
+    }
+    Ok(Some(client_id))
+}

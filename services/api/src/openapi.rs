@@ -1,0 +1,63 @@
+//! The OpenAPI document, generated from the handlers so it cannot drift from them.
+
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{auth, organizations, programs, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pmcore API",
+        description = "Programs, the DER warehouse, gateways, enrollments and dispatch events of a \
+                       distributed-energy program platform. Every endpoint but `/oauth/token` needs \
+                       `Authorization: Bearer <token>`; errors are RFC 9457 problem documents.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "OAuth2 client credentials"),
+        (name = "organizations", description = "Organizations and their API clients (admin)"),
+        (name = "programs", description = "Utility programs and their lifecycle"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".to_owned());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// Every documented route.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::endpoint::token))
+        .routes(routes!(organizations::create, organizations::list))
+        .routes(routes!(organizations::get))
+        .routes(routes!(organizations::create_client))
+        .routes(routes!(programs::create, programs::list))
+        .routes(routes!(programs::get, programs::update))
+        .routes(routes!(programs::open))
+        .routes(routes!(programs::activate))
+        .routes(routes!(programs::close))
+}
+
+/// The document as committed in `services/api/openapi.json`.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().split_for_parts().1;
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}

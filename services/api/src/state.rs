@@ -1,0 +1,13 @@
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::{auth::tokens::Tokens, limits::Limits};
+
+/// What every handler may use. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub tokens: Arc<Tokens>,
+    pub limits: Arc<Limits>,
+}

@@ -1,0 +1,151 @@
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{ADMIN_SECRET, problem, spawn_app, spawn_with};
+
+#[tokio::test]
+async fn client_credentials_give_a_bearer_token() {
+    let api = spawn_app().await;
+    let response = api
+        .raw()
+        .post(api.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &api.admin_id.to_string()),
+            ("client_secret", ADMIN_SECRET),
+        ])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    assert!(
+        body["access_token"]
+            .as_str()
+            .is_some_and(|t| t.split('.').count() == 3)
+    );
+}
+
+#[tokio::test]
+async fn http_basic_credentials_work_too() {
+    let api = spawn_app().await;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{ADMIN_SECRET}", api.admin_id));
+    let response = api
+        .raw()
+        .post(api.url("/oauth/token"))
+        .header("authorization", format!("Basic {basic}"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_unknown_client_is_invalid_client() {
+    let api = spawn_app().await;
+    for (id, secret) in [
+        (api.admin_id.to_string(), "wrong".to_owned()),
+        (Uuid::now_v7().to_string(), ADMIN_SECRET.to_owned()),
+        ("not-a-uuid".to_owned(), ADMIN_SECRET.to_owned()),
+    ] {
+        let response = api
+            .raw()
+            .post(api.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &id),
+                ("client_secret", &secret),
+            ])
+            .send()
+            .await
+            .expect("request");
+        let body = problem(response, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(body["error"], "invalid_client");
+    }
+}
+
+#[tokio::test]
+async fn other_grants_and_missing_fields_are_bad_requests() {
+    let api = spawn_app().await;
+    let response = api
+        .raw()
+        .post(api.url("/oauth/token"))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        problem(response, StatusCode::BAD_REQUEST).await["error"],
+        "unsupported_grant_type"
+    );
+    let response = api
+        .raw()
+        .post(api.url("/oauth/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        problem(response, StatusCode::BAD_REQUEST).await["error"],
+        "invalid_request"
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_needs_a_valid_token() {
+    let api = spawn_app().await;
+    let response = api
+        .raw()
+        .get(api.url("/v1/programs"))
+        .send()
+        .await
+        .expect("request");
+    assert!(response.headers().contains_key("www-authenticate"));
+    problem(response, StatusCode::UNAUTHORIZED).await;
+    let response = api
+        .get("/v1/programs", "not.a.token")
+        .send()
+        .await
+        .expect("request");
+    problem(response, StatusCode::UNAUTHORIZED).await;
+    let forged = format!("{}x", api.admin);
+    let response = api
+        .get("/v1/programs", &forged)
+        .send()
+        .await
+        .expect("request");
+    problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
+    let api = spawn_with(|c| {
+        c.rate_per_second = 1;
+        c.rate_burst = 3;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let response = api
+            .get("/v1/programs", &api.admin)
+            .send()
+            .await
+            .expect("request");
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response.headers().get("retry-after").cloned();
+        }
+        statuses.push(response.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(retry_after.is_some(), "429 says when to retry");
+}

@@ -1,0 +1,9 @@
+//! The REST API against the real stack: every endpoint's success path and each
+//! failure it handles.
+
+mod auth;
+mod errors;
+mod helpers;
+mod openapi;
+mod organizations;
+mod programs;
