@@ -10,3 +10,9 @@ export PMCORE_S3_ENDPOINT="${PMCORE_S3_ENDPOINT:-http://127.0.0.1:${PMCORE_S3_PO
 export PMCORE_S3_ACCESS_KEY="${PMCORE_S3_ACCESS_KEY:-pmcore}"
 export PMCORE_S3_SECRET_KEY="${PMCORE_S3_SECRET_KEY:-pmcore-secret}"
 export PMCORE_STACK_DIR="${PMCORE_STACK_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.stack}"
+# Development credentials: the api signs tokens with this key and creates this admin
+# client on a fresh database. Never use these values outside a development machine.
+export PMCORE_AUTH_JWT_SECRET="${PMCORE_AUTH_JWT_SECRET:-pmcore-development-signing-key-0123456789}"
+export PMCORE_BOOTSTRAP_ORGANIZATION="${PMCORE_BOOTSTRAP_ORGANIZATION:-Northwind Electric}"
+export PMCORE_BOOTSTRAP_CLIENT_ID="${PMCORE_BOOTSTRAP_CLIENT_ID:-01900000-0000-7000-8000-000000000001}"
+export PMCORE_BOOTSTRAP_CLIENT_SECRET="${PMCORE_BOOTSTRAP_CLIENT_SECRET:-pmcore-dev-admin-secret}"
