@@ -240,6 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn optional_fields_round_trip_both_ways() {
+        use crate::domain::DerRegistered;
+        let mut der = DerRegistered {
+            der_id: "0190b2c4-0000-7000-8000-000000000003".into(),
+            organization_id: "0190b2c4-0000-7000-8000-000000000002".into(),
+            gateway_id: Some("0190b2c4-0000-7000-8000-000000000004".into()),
+            external_id: Some("meter-17".into()),
+            der_type: "battery".into(),
+            nameplate_kw: 5.0,
+            nameplate_kwh: Some(13.5),
+            feeder: Some("F-12".into()),
+            substation: None,
+            registered_at: 1_700_000_000_000_000,
+        };
+        for _ in 0..2 {
+            let bytes = encode(&der).expect("encodes");
+            let back: DerRegistered = decode(&bytes, None)
+                .and_then(Decoded::into_typed)
+                .expect("decodes");
+            assert_eq!(back, der);
+            der.gateway_id = None;
+            der.nameplate_kwh = None;
+        }
+    }
+
+    #[test]
     fn truncated_datum_is_rejected() {
         let bytes = encode(&sample()).expect("encodes");
         let cut = &bytes[..bytes.len() - 5];

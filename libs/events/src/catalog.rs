@@ -95,9 +95,40 @@ pub static PROGRAM_STATUS_CHANGED: EventType = event_type!(
     "program-status-changed.avsc"
 );
 
+pub static DER_REGISTERED: EventType =
+    event_type!("pmcore.der.registered.v1", DERS, "der-registered.avsc");
+
+pub static DER_UPDATED: EventType = event_type!("pmcore.der.updated.v1", DERS, "der-updated.avsc");
+
+pub static DER_DECOMMISSIONED: EventType = event_type!(
+    "pmcore.der.decommissioned.v1",
+    DERS,
+    "der-decommissioned.avsc"
+);
+
+pub static GATEWAY_REGISTERED: EventType = event_type!(
+    "pmcore.gateway.registered.v1",
+    GATEWAYS,
+    "gateway-registered.avsc"
+);
+
+pub static GATEWAY_SECRET_ROTATED: EventType = event_type!(
+    "pmcore.gateway.secret-rotated.v1",
+    GATEWAYS,
+    "gateway-secret-rotated.avsc"
+);
+
 /// Every event type the code can publish or consume.
-pub static EVENT_TYPES: &[&EventType] =
-    &[&PROGRAM_CREATED, &PROGRAM_UPDATED, &PROGRAM_STATUS_CHANGED];
+pub static EVENT_TYPES: &[&EventType] = &[
+    &PROGRAM_CREATED,
+    &PROGRAM_UPDATED,
+    &PROGRAM_STATUS_CHANGED,
+    &DER_REGISTERED,
+    &DER_UPDATED,
+    &DER_DECOMMISSIONED,
+    &GATEWAY_REGISTERED,
+    &GATEWAY_SECRET_ROTATED,
+];
 
 pub fn event_type(ce_type: &str) -> Option<&'static EventType> {
     EVENT_TYPES.iter().copied().find(|t| t.ce_type == ce_type)

@@ -60,3 +60,94 @@ impl DomainEvent for ProgramStatusChanged {
         self.program_id.clone()
     }
 }
+
+/// `pmcore.der.registered.v1`: a DER was added to the warehouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerRegistered {
+    pub der_id: String,
+    pub organization_id: String,
+    pub gateway_id: Option<String>,
+    pub external_id: Option<String>,
+    pub der_type: String,
+    pub nameplate_kw: f64,
+    pub nameplate_kwh: Option<f64>,
+    pub feeder: Option<String>,
+    pub substation: Option<String>,
+    pub registered_at: i64,
+}
+
+impl DomainEvent for DerRegistered {
+    const TYPE: &'static EventType = &catalog::DER_REGISTERED;
+
+    fn subject(&self) -> String {
+        self.der_id.clone()
+    }
+}
+
+/// `pmcore.der.updated.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerUpdated {
+    pub der_id: String,
+    pub organization_id: String,
+    pub changed_fields: Vec<String>,
+    pub der_json: String,
+    pub updated_at: i64,
+}
+
+impl DomainEvent for DerUpdated {
+    const TYPE: &'static EventType = &catalog::DER_UPDATED;
+
+    fn subject(&self) -> String {
+        self.der_id.clone()
+    }
+}
+
+/// `pmcore.der.decommissioned.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerDecommissioned {
+    pub der_id: String,
+    pub organization_id: String,
+    pub decommissioned_at: i64,
+}
+
+impl DomainEvent for DerDecommissioned {
+    const TYPE: &'static EventType = &catalog::DER_DECOMMISSIONED;
+
+    fn subject(&self) -> String {
+        self.der_id.clone()
+    }
+}
+
+/// `pmcore.gateway.registered.v1` (never carries the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayRegistered {
+    pub gateway_id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub firmware: Option<String>,
+    pub registered_at: i64,
+}
+
+impl DomainEvent for GatewayRegistered {
+    const TYPE: &'static EventType = &catalog::GATEWAY_REGISTERED;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.gateway.secret-rotated.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewaySecretRotated {
+    pub gateway_id: String,
+    pub organization_id: String,
+    pub rotated_at: i64,
+}
+
+impl DomainEvent for GatewaySecretRotated {
+    const TYPE: &'static EventType = &catalog::GATEWAY_SECRET_ROTATED;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}

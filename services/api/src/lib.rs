@@ -2,8 +2,10 @@
 //! OAuth2 token endpoint. Every change commits with its event through the outbox.
 
 pub mod auth;
+pub mod ders;
 pub mod error;
 pub mod extract;
+pub mod gateways;
 mod limits;
 pub mod openapi;
 pub mod organizations;

@@ -6,7 +6,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth, organizations, programs, state::AppState};
+use crate::{auth, ders, gateways, organizations, programs, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,8 @@ use crate::{auth, organizations, programs, state::AppState};
         (name = "auth", description = "OAuth2 client credentials"),
         (name = "organizations", description = "Organizations and their API clients (admin)"),
         (name = "programs", description = "Utility programs and their lifecycle"),
+        (name = "gateways", description = "Edge gateways, their secrets and presence"),
+        (name = "ders", description = "The DER warehouse"),
     )
 )]
 struct ApiDoc;
@@ -53,6 +55,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(programs::open))
         .routes(routes!(programs::activate))
         .routes(routes!(programs::close))
+        .routes(routes!(gateways::register, gateways::list))
+        .routes(routes!(gateways::get))
+        .routes(routes!(gateways::rotate_secret))
+        .routes(routes!(ders::create, ders::list))
+        .routes(routes!(ders::bulk_create))
+        .routes(routes!(ders::get, ders::update))
+        .routes(routes!(ders::decommission))
 }
 
 /// The document as committed in `services/api/openapi.json`.

@@ -2,7 +2,9 @@
 //! failure it handles.
 
 mod auth;
+mod ders;
 mod errors;
+mod gateways;
 mod helpers;
 mod openapi;
 mod organizations;
