@@ -125,6 +125,15 @@ impl Decoded {
         serde_json::Value::try_from(self.value.clone()).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The payload as a typed event, leaving `self` intact.
+    pub fn clone_typed<E: DomainEvent>(&self) -> Result<E, DecodeError> {
+        Decoded {
+            event_type: self.event_type,
+            value: self.value.clone(),
+        }
+        .into_typed()
+    }
+
     pub fn into_typed<E: DomainEvent>(self) -> Result<E, DecodeError> {
         if self.event_type.ce_type != E::TYPE.ce_type {
             return Err(DecodeError::TypeMismatch {

@@ -118,6 +118,18 @@ pub static GATEWAY_SECRET_ROTATED: EventType = event_type!(
     "gateway-secret-rotated.avsc"
 );
 
+pub static ENROLLMENT_REQUESTED: EventType = event_type!(
+    "pmcore.enrollment.requested.v1",
+    ENROLLMENTS,
+    "enrollment-requested.avsc"
+);
+
+pub static ENROLLMENT_STATUS_CHANGED: EventType = event_type!(
+    "pmcore.enrollment.status-changed.v1",
+    ENROLLMENTS,
+    "enrollment-status-changed.avsc"
+);
+
 /// Every event type the code can publish or consume.
 pub static EVENT_TYPES: &[&EventType] = &[
     &PROGRAM_CREATED,
@@ -128,6 +140,8 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &DER_DECOMMISSIONED,
     &GATEWAY_REGISTERED,
     &GATEWAY_SECRET_ROTATED,
+    &ENROLLMENT_REQUESTED,
+    &ENROLLMENT_STATUS_CHANGED,
 ];
 
 pub fn event_type(ce_type: &str) -> Option<&'static EventType> {

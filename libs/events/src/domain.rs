@@ -151,3 +151,44 @@ impl DomainEvent for GatewaySecretRotated {
         self.gateway_id.clone()
     }
 }
+
+/// `pmcore.enrollment.requested.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentRequested {
+    pub enrollment_id: String,
+    pub program_id: String,
+    pub der_id: String,
+    pub organization_id: String,
+    pub committed_kw: f64,
+    pub requested_at: i64,
+}
+
+impl DomainEvent for EnrollmentRequested {
+    const TYPE: &'static EventType = &catalog::ENROLLMENT_REQUESTED;
+
+    fn subject(&self) -> String {
+        self.enrollment_id.clone()
+    }
+}
+
+/// `pmcore.enrollment.status-changed.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentStatusChanged {
+    pub enrollment_id: String,
+    pub program_id: String,
+    pub der_id: String,
+    pub organization_id: String,
+    pub from_status: String,
+    pub to_status: String,
+    pub reason: Option<String>,
+    pub decided_by: String,
+    pub changed_at: i64,
+}
+
+impl DomainEvent for EnrollmentStatusChanged {
+    const TYPE: &'static EventType = &catalog::ENROLLMENT_STATUS_CHANGED;
+
+    fn subject(&self) -> String {
+        self.enrollment_id.clone()
+    }
+}

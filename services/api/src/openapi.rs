@@ -6,7 +6,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth, ders, gateways, organizations, programs, state::AppState};
+use crate::{auth, ders, enrollments, gateways, organizations, programs, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use crate::{auth, ders, gateways, organizations, programs, state::AppState};
         (name = "programs", description = "Utility programs and their lifecycle"),
         (name = "gateways", description = "Edge gateways, their secrets and presence"),
         (name = "ders", description = "The DER warehouse"),
+        (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
     )
 )]
 struct ApiDoc;
@@ -62,6 +63,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ders::bulk_create))
         .routes(routes!(ders::get, ders::update))
         .routes(routes!(ders::decommission))
+        .routes(routes!(enrollments::request, enrollments::list))
+        .routes(routes!(enrollments::get))
+        .routes(routes!(enrollments::approve))
+        .routes(routes!(enrollments::reject))
+        .routes(routes!(enrollments::withdraw))
 }
 
 /// The document as committed in `services/api/openapi.json`.

@@ -1,10 +1,16 @@
 //! `worker`: Background processing: enrollment eligibility, file imports, telemetry persistence, baselines, performance and settlement. This foundation checks its dependencies, creates the buckets and publishes its outbox.
 
-use std::net::SocketAddr;
+pub mod eligibility;
+
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::Router;
-use pmcore_db::DbConfig;
-use pmcore_kafka::KafkaConfig;
+use pmcore_db::{DbConfig, inbox::Inbox};
+use pmcore_events::catalog;
+use pmcore_kafka::{
+    KafkaConfig,
+    consumer::{self, ConsumerSpec},
+};
 use pmcore_runtime::{Platform, Service, supervise};
 use pmcore_storage::S3Config;
 use tokio_util::sync::CancellationToken;
@@ -68,12 +74,27 @@ impl Service for App {
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let readiness = self.platform.readiness().s3(&self.s3, &self.config.s3);
+        let eligibility = consumer::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            ConsumerSpec {
+                group: eligibility::CONSUMER_GROUP.to_owned(),
+                topics: vec![catalog::ENROLLMENTS.name],
+                inbox: Inbox::Pm,
+            },
+            Arc::new(eligibility::Eligibility),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
                 prepare_buckets(self.s3.clone(), self.config.s3.clone(), cancel.clone()),
+                Box::pin(async move {
+                    eligibility.await;
+                    Ok(())
+                }),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

@@ -7,7 +7,9 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, Utc};
-use pmcore_events::domain::{ProgramCreated, ProgramStatusChanged, ProgramUpdated};
+use pmcore_events::domain::{
+    EnrollmentStatusChanged, ProgramCreated, ProgramStatusChanged, ProgramUpdated,
+};
 use pmcore_kafka::outbox::{self, EventMeta};
 use serde::Deserialize;
 use sqlx::{FromRow, PgConnection};
@@ -351,8 +353,43 @@ async fn transition(
         changed_at: program.updated_at.timestamp_micros(),
     };
     outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    if program.status == ProgramStatus::Active {
+        activate_enrollments(&mut tx, &program, &principal).await?;
+    }
     tx.commit().await?;
     Ok(Json(program))
+}
+
+/// Approved enrollments take effect when their program starts its season.
+async fn activate_enrollments(
+    conn: &mut PgConnection,
+    program: &ProgramOut,
+    principal: &Principal,
+) -> ApiResult<()> {
+    let activated: Vec<(Uuid, Uuid, Uuid)> = sqlx::query_as(
+        "update pm.enrollment set status = 'active', updated_at = $2
+          where program_id = $1 and status = 'approved'
+          returning id, der_id, organization_id",
+    )
+    .bind(program.id)
+    .bind(program.updated_at)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (enrollment_id, der_id, organization_id) in activated {
+        let event = EnrollmentStatusChanged {
+            enrollment_id: enrollment_id.to_string(),
+            program_id: program.id.to_string(),
+            der_id: der_id.to_string(),
+            organization_id: organization_id.to_string(),
+            from_status: "approved".to_owned(),
+            to_status: "active".to_owned(),
+            reason: Some("the program started".to_owned()),
+            decided_by: principal.audit_name(),
+            changed_at: program.updated_at.timestamp_micros(),
+        };
+        outbox::enqueue(&mut *conn, &event, &meta(principal)).await?;
+    }
+    Ok(())
 }
 
 macro_rules! transition_handler {

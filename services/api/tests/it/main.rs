@@ -3,6 +3,7 @@
 
 mod auth;
 mod ders;
+mod enrollments;
 mod errors;
 mod gateways;
 mod helpers;
