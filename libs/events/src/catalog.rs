@@ -130,6 +130,24 @@ pub static ENROLLMENT_STATUS_CHANGED: EventType = event_type!(
     "enrollment-status-changed.avsc"
 );
 
+pub static DISPATCH_EVENT_SCHEDULED: EventType = event_type!(
+    "pmcore.dispatch-event.scheduled.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-scheduled.avsc"
+);
+
+pub static DISPATCH_EVENT_CANCELLED: EventType = event_type!(
+    "pmcore.dispatch-event.cancelled.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-cancelled.avsc"
+);
+
+pub static DISPATCH_EVENT_OPTED_OUT: EventType = event_type!(
+    "pmcore.dispatch-event.opted-out.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-opted-out.avsc"
+);
+
 /// Every event type the code can publish or consume.
 pub static EVENT_TYPES: &[&EventType] = &[
     &PROGRAM_CREATED,
@@ -142,6 +160,9 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &GATEWAY_SECRET_ROTATED,
     &ENROLLMENT_REQUESTED,
     &ENROLLMENT_STATUS_CHANGED,
+    &DISPATCH_EVENT_SCHEDULED,
+    &DISPATCH_EVENT_CANCELLED,
+    &DISPATCH_EVENT_OPTED_OUT,
 ];
 
 pub fn event_type(ce_type: &str) -> Option<&'static EventType> {

@@ -192,3 +192,61 @@ impl DomainEvent for EnrollmentStatusChanged {
         self.enrollment_id.clone()
     }
 }
+
+/// `pmcore.dispatch-event.scheduled.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventScheduled {
+    pub event_id: String,
+    pub program_id: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub target_kw: f64,
+    pub signal: String,
+    pub signal_value: f64,
+    pub enrolled_der_count: i32,
+    pub scheduled_at: i64,
+}
+
+impl DomainEvent for DispatchEventScheduled {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_SCHEDULED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
+/// `pmcore.dispatch-event.cancelled.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventCancelled {
+    pub event_id: String,
+    pub program_id: String,
+    pub reason: String,
+    pub cancelled_at: i64,
+}
+
+impl DomainEvent for DispatchEventCancelled {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_CANCELLED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
+/// `pmcore.dispatch-event.opted-out.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventOptedOut {
+    pub event_id: String,
+    pub program_id: String,
+    pub der_id: String,
+    pub organization_id: String,
+    pub reason: Option<String>,
+    pub opted_out_at: i64,
+}
+
+impl DomainEvent for DispatchEventOptedOut {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_OPTED_OUT;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}

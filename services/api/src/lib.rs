@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod ders;
+pub mod dispatch;
 pub mod enrollments;
 pub mod error;
 pub mod extract;

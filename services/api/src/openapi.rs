@@ -6,7 +6,9 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth, ders, enrollments, gateways, organizations, programs, state::AppState};
+use crate::{
+    auth, ders, dispatch, enrollments, gateways, organizations, programs, state::AppState,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +27,7 @@ use crate::{auth, ders, enrollments, gateways, organizations, programs, state::A
         (name = "gateways", description = "Edge gateways, their secrets and presence"),
         (name = "ders", description = "The DER warehouse"),
         (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
+        (name = "dispatch-events", description = "Scheduling, cancellation and opt-outs"),
     )
 )]
 struct ApiDoc;
@@ -68,6 +71,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(enrollments::approve))
         .routes(routes!(enrollments::reject))
         .routes(routes!(enrollments::withdraw))
+        .routes(routes!(dispatch::schedule, dispatch::list))
+        .routes(routes!(dispatch::get))
+        .routes(routes!(dispatch::cancel))
+        .routes(routes!(dispatch::opt_out))
 }
 
 /// The document as committed in `services/api/openapi.json`.

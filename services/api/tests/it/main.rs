@@ -3,6 +3,7 @@
 
 mod auth;
 mod ders;
+mod dispatch;
 mod enrollments;
 mod errors;
 mod gateways;
