@@ -24,6 +24,9 @@ node tools/node/compose.mjs
 say "building the service binaries (the integration tests start them)"
 cargo build --bins --quiet
 
+say "api contract: schemathesis against a running api"
+scripts/api-fuzz.sh
+
 say "rust tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -190,6 +190,10 @@ impl From<sqlx::Error> for ApiError {
                         constraint_field(&constraint),
                         "refers to something that does not exist",
                     ),
+                    Some("22021") | Some("22P05") => ApiError::invalid(
+                        "",
+                        "text may not contain NUL or characters the database cannot store",
+                    ),
                     Some("23514") | Some("22003") | Some("22P02") => ApiError::invalid(
                         constraint_field(&constraint),
                         format!("violates {constraint}"),
@@ -254,7 +258,9 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::BadRequest(format!("bad path parameter: {}", rejection.body_text()))
+        // Axum's text repeats the raw segment; it may hold any bytes, so leave it out.
+        tracing::debug!(%rejection, "bad path parameter");
+        ApiError::BadRequest("a path parameter is malformed: ids are UUIDs".into())
     }
 }
 
