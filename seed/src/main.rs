@@ -1,109 +1,222 @@
-//! `seed`: the organizations and programs of the demo, written the way the api writes
-//! them (row and event in one transaction), so the audit log records them too.
-//! Running it again changes nothing.
+//! `seed`: the demo's data, written through the REST API the way an integrator would:
+//! a utility, two aggregators with API clients, three programs, about 1,000 DERs on 20
+//! feeders behind 50 gateways, and enrollments in the open program. Running it again
+//! creates only what is missing. Client credentials go to `seed/out/credentials.json`.
+
+mod api;
+
+use std::{collections::HashSet, path::PathBuf};
 
 use clap::Parser;
-use pmcore_db::DbConfig;
-use pmcore_events::domain::ProgramCreated;
-use pmcore_kafka::outbox::{self, EventMeta};
-use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
+use serde_json::{Value, json};
+
+use crate::api::Api;
 
 #[derive(Debug, Parser)]
-#[command(name = "seed", about = "Seed a development database (idempotent)")]
+#[command(
+    name = "seed",
+    about = "Seed a development stack through its REST API (idempotent)"
+)]
 struct Cli {
-    #[command(flatten)]
-    database: DbConfig,
+    /// Base URL of the api.
+    #[arg(long, env = "PMCORE_SEED_API", default_value = "http://127.0.0.1:3001")]
+    api: String,
+    /// An admin client (the development bootstrap client by default).
+    #[arg(long, env = "PMCORE_BOOTSTRAP_CLIENT_ID")]
+    client_id: String,
+    #[arg(long, env = "PMCORE_BOOTSTRAP_CLIENT_SECRET", hide_env_values = true)]
+    client_secret: String,
+    /// DERs per aggregator.
+    #[arg(long, default_value_t = 500)]
+    ders_per_aggregator: usize,
+    /// Gateways per aggregator.
+    #[arg(long, default_value_t = 25)]
+    gateways_per_aggregator: usize,
+    /// Where to write the aggregators' client credentials.
+    #[arg(long, default_value = "seed/out/credentials.json")]
+    credentials: PathBuf,
 }
 
-const UTILITY: &str = "Northwind Electric";
-const AGGREGATORS: [&str; 2] = ["SunPeak Aggregation", "VoltShift Energy"];
-const PROGRAMS: [(&str, &str); 3] = [
-    ("Summer Peak Demand Response", "demand_response"),
-    ("Winter Capacity 2027", "capacity"),
-    ("Feeder Flexibility Pilot", "flexibility"),
+const AGGREGATORS: [(&str, &str); 2] = [
+    ("SunPeak Aggregation", "sunpeak"),
+    ("VoltShift Energy", "voltshift"),
+];
+const FEEDERS: usize = 20;
+const DER_TYPES: [&str; 6] = [
+    "battery",
+    "thermostat",
+    "ev_charger",
+    "solar_pv",
+    "water_heater",
+    "ci_load",
 ];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let pool = pmcore_db::lazy_pool(&cli.database)?;
-    pmcore_db::migrate::run(&cli.database).await?;
-    let mut tx = pool.begin().await?;
-    let utility = organization(&mut tx, UTILITY, "utility").await?;
-    for name in AGGREGATORS {
-        organization(&mut tx, name, "aggregator").await?;
+    let admin = Api::login(&cli.api, &cli.client_id, &cli.client_secret).await?;
+    let mut credentials = api::Credentials::load(&cli.credentials)?;
+
+    let programs = seed_programs(&admin).await?;
+    for (name, slug) in AGGREGATORS {
+        let org = admin.organization(name, "aggregator").await?;
+        let client = credentials.client_for(&admin, &org, slug).await?;
+        let participant = Api::login(&cli.api, &client.client_id, &client.client_secret).await?;
+        let gateways = seed_gateways(&participant, cli.gateways_per_aggregator, slug).await?;
+        let ders = seed_ders(&participant, &gateways, cli.ders_per_aggregator, slug).await?;
+        seed_enrollments(&participant, &programs.0, &ders, slug).await?;
     }
-    let mut created = 0;
-    for (name, kind) in PROGRAMS {
-        created += u32::from(program(&mut tx, utility, name, kind).await?);
-    }
-    tx.commit().await?;
-    report(&pool, created).await
+    credentials.save(&cli.credentials)?;
+    eprintln!(
+        "seed: done; aggregator credentials in {}",
+        cli.credentials.display()
+    );
+    Ok(())
 }
 
-async fn organization(conn: &mut PgConnection, name: &str, kind: &str) -> anyhow::Result<Uuid> {
-    let id: Uuid = sqlx::query_scalar(
-        "insert into pm.organization (id, name, kind) values ($1, $2, $3)
-         on conflict on constraint organization_name_key do update set name = excluded.name
-         returning id",
-    )
-    .bind(Uuid::now_v7())
-    .bind(name)
-    .bind(kind)
-    .fetch_one(conn)
-    .await?;
-    Ok(id)
-}
-
-/// Creates the program with its event unless one of that name exists; true if created.
-async fn program(
-    conn: &mut PgConnection,
-    organization_id: Uuid,
-    name: &str,
-    kind: &str,
-) -> anyhow::Result<bool> {
-    let exists: bool = sqlx::query_scalar(
-        "select exists (select 1 from pm.program where organization_id = $1 and name = $2)",
-    )
-    .bind(organization_id)
-    .bind(name)
-    .fetch_one(&mut *conn)
-    .await?;
-    if exists {
-        return Ok(false);
+/// Three programs; the first open and taking enrollments, the second active, the third a draft.
+async fn seed_programs(admin: &Api) -> anyhow::Result<(String, String, String)> {
+    let specs = [
+        ("Summer Peak Demand Response", "demand_response", "open"),
+        ("Winter Capacity 2027", "capacity", "active"),
+        ("Feeder Flexibility Pilot", "flexibility", "draft"),
+    ];
+    let existing = admin.all("/v1/programs").await?;
+    let mut ids = Vec::new();
+    for (name, kind, status) in specs {
+        let id = match existing.iter().find(|p| p["name"] == name) {
+            Some(p) => p["id"].as_str().unwrap_or_default().to_owned(),
+            None => {
+                let body = json!({
+                    "name": name, "kind": kind, "description": "Seeded for the demo",
+                    "time_zone": "America/Los_Angeles", "target_capacity_kw": 2000.0,
+                    "capacity_rate_cents_kw_month": 850, "energy_rate_cents_kwh": 25,
+                    "baseline_method": "x_of_y_10_10",
+                    "eligibility": {"der_types": ["battery", "thermostat", "ev_charger", "water_heater"], "min_nameplate_kw": 1.0, "feeders": []},
+                    "limits": {"max_events_per_season": 20, "max_event_duration_minutes": 240, "min_notice_minutes": 60}
+                });
+                let created = admin.post("/v1/programs", &body).await?;
+                let id = created["id"].as_str().unwrap_or_default().to_owned();
+                let steps: &[&str] = match status {
+                    "open" => &["open"],
+                    "active" => &["open", "activate"],
+                    _ => &[],
+                };
+                for step in steps {
+                    admin
+                        .post(&format!("/v1/programs/{id}/{step}"), &json!({}))
+                        .await?;
+                }
+                id
+            }
+        };
+        ids.push(id);
     }
-    let id = Uuid::now_v7();
-    sqlx::query("insert into pm.program (id, organization_id, name, kind) values ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(organization_id)
-        .bind(name)
-        .bind(kind)
-        .execute(&mut *conn)
-        .await?;
-    let event = ProgramCreated {
-        program_id: id.to_string(),
-        organization_id: organization_id.to_string(),
-        name: name.to_owned(),
-        kind: kind.to_owned(),
-        status: "draft".to_owned(),
-        created_at: chrono::Utc::now().timestamp_micros(),
-    };
-    let meta = EventMeta {
-        source: "seed".to_owned(),
-        principal: Some("service:seed".to_owned()),
-        traceparent: None,
-    };
-    outbox::enqueue(conn, &event, &meta).await?;
-    Ok(true)
+    eprintln!("seed: 3 programs");
+    Ok((ids[0].clone(), ids[1].clone(), ids[2].clone()))
 }
 
-async fn report(pool: &PgPool, created: u32) -> anyhow::Result<()> {
-    let (orgs, programs): (i64, i64) = sqlx::query_as(
-        "select (select count(*) from pm.organization), (select count(*) from pm.program)",
-    )
-    .fetch_one(pool)
-    .await?;
-    eprintln!("seed: {orgs} organizations, {programs} programs ({created} programs new this run)");
+async fn seed_gateways(api: &Api, wanted: usize, slug: &str) -> anyhow::Result<Vec<String>> {
+    let mut gateways: Vec<String> = api
+        .all("/v1/gateways")
+        .await?
+        .iter()
+        .filter_map(|g| g["id"].as_str().map(str::to_owned))
+        .collect();
+    while gateways.len() < wanted {
+        let n = gateways.len() + 1;
+        let created = api
+            .post(
+                "/v1/gateways",
+                &json!({"name": format!("{slug}-gw-{n:03}"), "firmware": "2.4.1"}),
+            )
+            .await?;
+        gateways.push(created["id"].as_str().unwrap_or_default().to_owned());
+        if n.is_multiple_of(10) || n == wanted {
+            eprintln!("seed: {slug}: gateways {n}/{wanted}");
+        }
+    }
+    Ok(gateways)
+}
+
+async fn seed_ders(
+    api: &Api,
+    gateways: &[String],
+    wanted: usize,
+    slug: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut ders = api.all("/v1/ders").await?;
+    let have: HashSet<String> = ders
+        .iter()
+        .filter_map(|d| d["external_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<Value> = (0..wanted)
+        .filter(|i| !have.contains(&format!("{slug}-{i:05}")))
+        .map(|i| {
+            let der_type = DER_TYPES[i % DER_TYPES.len()];
+            let (kw, kwh) = match der_type {
+                "battery" => (5.0, Some(13.5)),
+                "ev_charger" => (7.2, None),
+                "solar_pv" => (6.5, None),
+                "ci_load" => (150.0, None),
+                "water_heater" => (4.5, None),
+                _ => (3.0, None),
+            };
+            let feeder = i % FEEDERS;
+            json!({
+                "external_id": format!("{slug}-{i:05}"),
+                "der_type": der_type,
+                "nameplate_kw": kw,
+                "nameplate_kwh": kwh,
+                "location": {
+                    "latitude": 37.6 + (i % 97) as f64 * 0.003,
+                    "longitude": -122.5 + (i % 89) as f64 * 0.004,
+                    "feeder": format!("F-{feeder:02}"),
+                    "substation": format!("S-{}", feeder / 5),
+                },
+                "gateway_id": gateways.get(i % gateways.len().max(1)),
+            })
+        })
+        .collect();
+    let mut done = wanted - missing.len();
+    for chunk in missing.chunks(250) {
+        let created = api.post("/v1/ders/bulk", &json!({"items": chunk})).await?;
+        ders.extend(created["items"].as_array().cloned().unwrap_or_default());
+        done += chunk.len();
+        eprintln!("seed: {slug}: DERs {done}/{wanted}");
+    }
+    Ok(ders)
+}
+
+/// Enrolls the eligible DERs (not solar, not C&I) in the open program; the worker decides.
+async fn seed_enrollments(
+    api: &Api,
+    program: &str,
+    ders: &[Value],
+    slug: &str,
+) -> anyhow::Result<()> {
+    let enrolled: HashSet<String> = api
+        .all(&format!("/v1/enrollments?program_id={program}"))
+        .await?
+        .iter()
+        .filter_map(|e| e["der_id"].as_str().map(str::to_owned))
+        .collect();
+    let mut count: u32 = 0;
+    for der in ders {
+        let (Some(id), Some(kw)) = (der["id"].as_str(), der["nameplate_kw"].as_f64()) else {
+            continue;
+        };
+        if enrolled.contains(id) || matches!(der["der_type"].as_str(), Some("solar_pv" | "ci_load"))
+        {
+            continue;
+        }
+        api.post("/v1/enrollments", &json!({"program_id": program, "der_id": id, "committed_kw": (kw * 0.8 * 10.0).round() / 10.0}))
+            .await?;
+        count += 1;
+        if count.is_multiple_of(100) {
+            eprintln!("seed: {slug}: enrollments requested {count}");
+        }
+    }
+    eprintln!("seed: {slug}: {count} new enrollment requests");
     Ok(())
 }
