@@ -91,6 +91,10 @@ coverage:
     rustup component add llvm-tools-preview
     source scripts/env.sh && cargo llvm-cov nextest --workspace --summary-only
 
+# Load the api with wrk: get-by-id, filtered list, create; the list again at 100k and 1M DERs.
+bench-api:
+    scripts/bench-api.sh
+
 # ---- run ---------------------------------------------------------------------------
 
 # Run one service from source against the stack, e.g. `just run api`.
