@@ -70,11 +70,13 @@ fill 1000
 one=$(curl -fsS "$base/v1/ders?limit=1" -H "authorization: Bearer $token" | json "['items'][0]['id']")
 run "get DER by id (1k DERs)" "$base/v1/ders/$one"
 run "list feeder+type, 50 (1k DERs)" "$base/v1/ders?feeder=F-07&der_type=thermostat&limit=50"
+run "list feeder+type, none match (1k)" "$base/v1/ders?feeder=F-07&der_type=battery&limit=50"
 run "create DER" "$base/v1/ders" -s bench/create-der.lua
 for n in 100000 1000000; do
   say "filling the warehouse to $n DERs"
   fill "$n"
   run "list feeder+type, 50 ($((n / 1000))k DERs)" "$base/v1/ders?feeder=F-07&der_type=thermostat&limit=50"
+  run "list feeder+type, none match ($((n / 1000))k)" "$base/v1/ders?feeder=F-07&der_type=battery&limit=50"
   run "get DER by id ($((n / 1000))k DERs)" "$base/v1/ders/$one"
 done
 
