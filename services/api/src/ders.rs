@@ -148,14 +148,6 @@ impl TryFrom<DerRow> for DerOut {
     }
 }
 
-fn meta(principal: &Principal) -> EventMeta {
-    EventMeta {
-        source: "api".to_owned(),
-        principal: Some(principal.audit_name()),
-        traceparent: None,
-    }
-}
-
 /// Field rules of one DER; `at` prefixes the pointers (`/items/3`).
 fn check(der: &DerOut, at: &str, errors: &mut Vec<FieldError>) {
     let mut bad =
@@ -356,7 +348,7 @@ async fn register_all(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    insert(&mut tx, &ders, &meta(principal)).await?;
+    insert(&mut tx, &ders, &principal.event_meta()).await?;
     tx.commit().await?;
     metrics::counter!("pmcore_api_ders_registered_total").increment(ders.len() as u64);
     Ok(ders)
@@ -618,7 +610,7 @@ pub async fn update(
         der_json: serde_json::to_string(&der).map_err(anyhow::Error::from)?,
         updated_at: der.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(Json(der))
 }
@@ -661,7 +653,7 @@ pub async fn decommission(
         organization_id: der.organization_id.to_string(),
         decommissioned_at: der.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(Json(der))
 }

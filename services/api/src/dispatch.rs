@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use pmcore_events::domain::{
     DispatchEventCancelled, DispatchEventOptedOut, DispatchEventScheduled,
 };
-use pmcore_kafka::outbox::{self, EventMeta};
+use pmcore_kafka::outbox;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -157,14 +157,6 @@ impl TryFrom<Row> for DispatchEventOut {
     }
 }
 
-fn meta(principal: &Principal) -> EventMeta {
-    EventMeta {
-        source: "api".to_owned(),
-        principal: Some(principal.audit_name()),
-        traceparent: None,
-    }
-}
-
 #[derive(FromRow)]
 struct Limits {
     status: String,
@@ -301,7 +293,7 @@ pub async fn schedule(
         enrolled_der_count: i32::try_from(enrolled).unwrap_or(i32::MAX),
         scheduled_at: event.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &scheduled, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &scheduled, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/dispatch-events/{}", event.id), event))
 }
@@ -478,7 +470,7 @@ pub async fn cancel(
         reason,
         cancelled_at: event.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &cancelled, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &cancelled, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(Json(event))
 }
@@ -559,7 +551,7 @@ pub async fn opt_out(
         reason,
         opted_out_at: opt_out.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &opted, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &opted, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/dispatch-events/{id}"), opt_out))
 }

@@ -8,7 +8,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use pmcore_events::domain::{EnrollmentRequested, EnrollmentStatusChanged};
-use pmcore_kafka::outbox::{self, EventMeta};
+use pmcore_kafka::outbox;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
@@ -131,14 +131,6 @@ impl TryFrom<Row> for EnrollmentOut {
     }
 }
 
-fn meta(principal: &Principal) -> EventMeta {
-    EventMeta {
-        source: "api".to_owned(),
-        principal: Some(principal.audit_name()),
-        traceparent: None,
-    }
-}
-
 /// Ask to enroll a DER in an open or active program. The worker checks eligibility.
 #[utoipa::path(
     post, path = "/v1/enrollments", operation_id = "enrollment.request", tag = "enrollments",
@@ -215,7 +207,7 @@ pub async fn request(
         committed_kw: enrollment.committed_kw,
         requested_at: enrollment.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(created(
         format!("/v1/enrollments/{}", enrollment.id),
@@ -377,7 +369,7 @@ async fn change(
         decided_by: principal.audit_name(),
         changed_at: enrollment.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(enrollment)
 }

@@ -6,7 +6,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use pmcore_events::domain::{GatewayRegistered, GatewaySecretRotated};
-use pmcore_kafka::outbox::{self, EventMeta};
+use pmcore_kafka::outbox;
 use serde::{Deserialize, Serialize};
 use sqlx::FromRow;
 use utoipa::{IntoParams, ToSchema};
@@ -56,14 +56,6 @@ pub struct GatewayWithSecret {
 
 const COLUMNS: &str =
     "id, organization_id, name, firmware, online, last_seen_at, secret_rotated_at, created_at";
-
-fn meta(principal: &Principal) -> EventMeta {
-    EventMeta {
-        source: "api".to_owned(),
-        principal: Some(principal.audit_name()),
-        traceparent: None,
-    }
-}
 
 /// The organization a principal acts for when it names one (or not).
 pub(crate) fn owner(principal: &Principal, requested: Option<Uuid>) -> Result<Uuid, ApiError> {
@@ -140,7 +132,7 @@ pub async fn register(
         firmware: gateway.firmware.clone(),
         registered_at: gateway.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     let location = format!("/v1/gateways/{}", gateway.id);
     Ok(created(location, GatewayWithSecret { gateway, secret }))
@@ -260,7 +252,7 @@ pub async fn rotate_secret(
         organization_id: gateway.organization_id.to_string(),
         rotated_at: gateway.secret_rotated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(Json(GatewayWithSecret { gateway, secret }))
 }

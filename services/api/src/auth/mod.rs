@@ -143,6 +143,15 @@ impl Principal {
     pub fn audit_name(&self) -> String {
         self.subject.clone()
     }
+
+    /// Headers for the events of a change this principal makes through the api.
+    pub fn event_meta(&self) -> pmcore_kafka::outbox::EventMeta {
+        pmcore_kafka::outbox::EventMeta {
+            source: "api".to_owned(),
+            principal: Some(self.audit_name()),
+            traceparent: None,
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {

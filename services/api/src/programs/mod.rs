@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use pmcore_events::domain::{
     EnrollmentStatusChanged, ProgramCreated, ProgramStatusChanged, ProgramUpdated,
 };
-use pmcore_kafka::outbox::{self, EventMeta};
+use pmcore_kafka::outbox;
 use serde::Deserialize;
 use sqlx::{FromRow, PgConnection};
 use utoipa::IntoParams;
@@ -92,14 +92,6 @@ impl TryFrom<ProgramRow> for ProgramOut {
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
-    }
-}
-
-fn meta(principal: &Principal) -> EventMeta {
-    EventMeta {
-        source: "api".to_owned(),
-        principal: Some(principal.audit_name()),
-        traceparent: None,
     }
 }
 
@@ -195,7 +187,7 @@ pub async fn create(
         status: program.status.as_str().to_owned(),
         created_at: program.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/programs/{}", program.id), program))
 }
@@ -324,7 +316,7 @@ pub async fn update(
         program_json: serde_json::to_string(&program).map_err(anyhow::Error::from)?,
         updated_at: program.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     tx.commit().await?;
     Ok(Json(program))
 }
@@ -352,7 +344,7 @@ async fn transition(
         to_status: program.status.as_str().to_owned(),
         changed_at: program.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &meta(&principal)).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
     if program.status == ProgramStatus::Active {
         activate_enrollments(&mut tx, &program, &principal).await?;
     }
@@ -387,7 +379,7 @@ async fn activate_enrollments(
             decided_by: principal.audit_name(),
             changed_at: program.updated_at.timestamp_micros(),
         };
-        outbox::enqueue(&mut *conn, &event, &meta(principal)).await?;
+        outbox::enqueue(&mut *conn, &event, &principal.event_meta()).await?;
     }
     Ok(())
 }
