@@ -54,6 +54,8 @@ const DER_TYPES: [&str; 6] = [
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // reqwest is built without a crypto provider of its own; use the one in the build.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let admin = Api::login(&cli.api, &cli.client_id, &cli.client_secret).await?;
     let mut credentials = api::Credentials::load(&cli.credentials)?;
 

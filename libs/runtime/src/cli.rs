@@ -47,6 +47,7 @@ enum Command {
 
 /// The whole of a service's `main`.
 pub fn main<S: Service>() -> ExitCode {
+    crate::install_crypto_provider();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut command = Cli::<S::Config>::command()
         .name(S::NAME)

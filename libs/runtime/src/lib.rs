@@ -13,3 +13,10 @@ pub mod telemetry;
 pub use cli::{Service, main};
 pub use health::{Readiness, Step};
 pub use platform::{Platform, supervise};
+
+/// Makes aws-lc-rs (already in the build for the S3 client) the process's TLS crypto
+/// provider, so every HTTPS client (JWKS, OTLP) uses it and no second crypto library
+/// is linked. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -19,6 +19,7 @@ use uuid::Uuid;
 /// Sends the services' logs to the test output when `PMCORE_TEST_LOG` is set
 /// (e.g. `PMCORE_TEST_LOG=info,pmcore_kafka=debug`).
 pub fn init_logs() {
+    pmcore_runtime::install_crypto_provider();
     if let Ok(filter) = std::env::var("PMCORE_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

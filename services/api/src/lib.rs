@@ -97,6 +97,9 @@ pub struct Config {
     pub bootstrap_client_secret: Option<SecretString>,
 
     #[command(flatten)]
+    pub oidc: auth::oidc::OidcConfig,
+
+    #[command(flatten)]
     pub database: DbConfig,
 
     #[command(flatten)]
@@ -115,6 +118,7 @@ impl Config {
             bootstrap_organization: "Utility".to_owned(),
             bootstrap_client_id: None,
             bootstrap_client_secret: None,
+            oidc: auth::oidc::OidcConfig::disabled(),
             database,
             kafka,
         }
@@ -192,6 +196,7 @@ impl Service for App {
                 Duration::from_secs(config.token_ttl_secs),
             )),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
+            oidc: auth::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
         };
         Ok(Self {
             config,

@@ -2,7 +2,10 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::{auth::tokens::Tokens, limits::Limits};
+use crate::{
+    auth::{oidc::Oidc, tokens::Tokens},
+    limits::Limits,
+};
 
 /// What every handler may use. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -10,4 +13,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub tokens: Arc<Tokens>,
     pub limits: Arc<Limits>,
+    /// The external OIDC provider, when one is configured.
+    pub oidc: Option<Arc<Oidc>>,
 }

@@ -8,6 +8,7 @@ mod enrollments;
 mod errors;
 mod gateways;
 mod helpers;
+mod oidc;
 mod openapi;
 mod organizations;
 mod programs;

@@ -1,0 +1,145 @@
+//! Tokens from an external OIDC provider. The provider is the edge of the world here:
+//! the test serves its JWKS from a small HTTP server and signs tokens with its key.
+
+use aws_lc_rs::{
+    rand::SystemRandom,
+    signature::{Ed25519KeyPair, KeyPair},
+};
+use axum::{Json, Router, routing::get};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApi, problem, spawn_with};
+
+const ISSUER: &str = "https://idp.example.test";
+
+struct Provider {
+    pkcs8: Vec<u8>,
+    kid: &'static str,
+}
+
+impl Provider {
+    fn new(kid: &'static str) -> Self {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+        Self {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            kid,
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let pair = Ed25519KeyPair::from_pkcs8(&self.pkcs8).expect("pair");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA", "use": "sig"})
+    }
+
+    fn token(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.to_owned());
+        encode(&header, claims, &EncodingKey::from_ed_der(&self.pkcs8)).expect("signed")
+    }
+}
+
+async fn serve_jwks(keys: Vec<Value>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let body = json!({"keys": keys});
+    let app = Router::new().route("/jwks", get(move || async move { Json(body) }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks")
+}
+
+fn claims(org: Uuid, overrides: Value) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut c = json!({
+        "iss": ISSUER, "aud": "pmcore-api", "sub": "alice", "iat": now, "exp": now + 600,
+        "pmcore_org": org, "pmcore_roles": ["aggregator"],
+    });
+    if let (Some(c), Some(o)) = (c.as_object_mut(), overrides.as_object()) {
+        c.extend(o.clone());
+    }
+    c
+}
+
+async fn app_with(provider: &Provider) -> (TestApi, Uuid) {
+    let jwks = serve_jwks(vec![provider.jwk()]).await;
+    let api = spawn_with(|c| {
+        c.oidc.issuer = Some(ISSUER.to_owned());
+        c.oidc.jwks_url = Some(jwks);
+    })
+    .await;
+    let org: Value = api
+        .post(
+            "/v1/organizations",
+            &api.admin,
+            &json!({"name": "IdP Aggregation", "kind": "aggregator"}),
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let org = org["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+    (api, org)
+}
+
+#[tokio::test]
+async fn a_provider_token_acts_for_its_organization_with_its_roles() {
+    let provider = Provider::new("k1");
+    let (api, org) = app_with(&provider).await;
+    let token = provider.token(&claims(org, json!({})));
+    let response = api
+        .post("/v1/gateways", &token, &json!({"name": "idp box"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let gateway: Value = response.json().await.expect("json");
+    assert_eq!(gateway["organization_id"], org.to_string());
+    // Still an aggregator: admin operations stay closed.
+    let response = api
+        .get("/v1/organizations", &token)
+        .send()
+        .await
+        .expect("request");
+    problem(response, StatusCode::FORBIDDEN).await;
+    // Our own HS256 tokens keep working next to the provider's.
+    assert_eq!(
+        api.get("/v1/organizations", &api.admin)
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_audience_key_or_organization_is_refused() {
+    let provider = Provider::new("k1");
+    let (api, org) = app_with(&provider).await;
+    let cases = [
+        provider.token(&claims(org, json!({"iss": "https://evil.example.test"}))),
+        provider.token(&claims(org, json!({"aud": "someone-else"}))),
+        provider.token(&claims(
+            org,
+            json!({"exp": chrono::Utc::now().timestamp() - 3600}),
+        )),
+        provider.token(&claims(Uuid::now_v7(), json!({}))),
+        provider.token(&claims(org, json!({"pmcore_org": null}))),
+        // Same key id, different key: the signature does not verify.
+        Provider::new("k1").token(&claims(org, json!({}))),
+        // A key the provider does not publish.
+        Provider::new("k2").token(&claims(org, json!({}))),
+    ];
+    for token in cases {
+        let response = api.get("/v1/ders", &token).send().await.expect("request");
+        problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+}
