@@ -85,15 +85,9 @@ type-check:
 test *args:
     scripts/test.sh "$@"
 
-# Line coverage of the test suite (installs cargo-llvm-cov on first use).
+# Line coverage of the whole suite against the running stack (installs cargo-llvm-cov on first use).
 coverage:
-    command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --version 0.9.1 --locked
-    rustup component add llvm-tools-preview
-    source scripts/env.sh && cargo llvm-cov nextest --workspace --summary-only
-
-# Load the api with wrk: get-by-id, filtered list, create; the list again at 100k and 1M DERs.
-bench-api:
-    scripts/bench-api.sh
+    scripts/coverage.sh
 
 # ---- run ---------------------------------------------------------------------------
 
