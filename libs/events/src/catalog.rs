@@ -148,6 +148,36 @@ pub static DISPATCH_EVENT_OPTED_OUT: EventType = event_type!(
     "dispatch-event-opted-out.avsc"
 );
 
+pub static GATEWAY_CONNECTED: EventType = event_type!(
+    "pmcore.gateway.connected.v1",
+    GATEWAYS,
+    "gateway-connected.avsc"
+);
+
+pub static GATEWAY_DISCONNECTED: EventType = event_type!(
+    "pmcore.gateway.disconnected.v1",
+    GATEWAYS,
+    "gateway-disconnected.avsc"
+);
+
+pub static TELEMETRY_BATCH: EventType =
+    event_type!("pmcore.der.telemetry.v1", TELEMETRY, "telemetry-batch.avsc");
+
+pub static DER_COMMAND: EventType =
+    event_type!("pmcore.der.command.v1", COMMANDS, "der-command.avsc");
+
+pub static DER_COMMAND_ACK: EventType = event_type!(
+    "pmcore.der.command-ack.v1",
+    COMMAND_ACKS,
+    "der-command-ack.avsc"
+);
+
+pub static TELEMETRY_ANOMALY_DETECTED: EventType = event_type!(
+    "pmcore.telemetry.anomaly-detected.v1",
+    DERS,
+    "telemetry-anomaly-detected.avsc"
+);
+
 /// Every event type the code can publish or consume.
 pub static EVENT_TYPES: &[&EventType] = &[
     &PROGRAM_CREATED,
@@ -163,6 +193,12 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &DISPATCH_EVENT_SCHEDULED,
     &DISPATCH_EVENT_CANCELLED,
     &DISPATCH_EVENT_OPTED_OUT,
+    &GATEWAY_CONNECTED,
+    &GATEWAY_DISCONNECTED,
+    &TELEMETRY_BATCH,
+    &DER_COMMAND,
+    &DER_COMMAND_ACK,
+    &TELEMETRY_ANOMALY_DETECTED,
 ];
 
 pub fn event_type(ce_type: &str) -> Option<&'static EventType> {

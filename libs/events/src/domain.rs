@@ -250,3 +250,134 @@ impl DomainEvent for DispatchEventOptedOut {
         self.event_id.clone()
     }
 }
+
+/// `pmcore.gateway.connected.v1`: a gateway authenticated to a relay instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConnected {
+    pub gateway_id: String,
+    pub organization_id: String,
+    pub session_id: String,
+    pub relay_instance: String,
+    pub firmware: Option<String>,
+    pub connected_at: i64,
+}
+
+impl DomainEvent for GatewayConnected {
+    const TYPE: &'static EventType = &catalog::GATEWAY_CONNECTED;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.gateway.disconnected.v1`: a gateway's session ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayDisconnected {
+    pub gateway_id: String,
+    pub organization_id: String,
+    pub session_id: String,
+    pub reason: String,
+    pub disconnected_at: i64,
+}
+
+impl DomainEvent for GatewayDisconnected {
+    const TYPE: &'static EventType = &catalog::GATEWAY_DISCONNECTED;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.der.telemetry.v1`: one gateway batch of readings, keyed by gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub batch_id: String,
+    pub gateway_id: String,
+    pub organization_id: String,
+    pub received_at: i64,
+    pub readings: Vec<Reading>,
+}
+
+/// One measurement of one DER.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub der_id: String,
+    /// Microseconds since the Unix epoch.
+    pub ts: i64,
+    pub power_kw: f64,
+    pub soc_pct: Option<f32>,
+}
+
+impl DomainEvent for TelemetryBatch {
+    const TYPE: &'static EventType = &catalog::TELEMETRY_BATCH;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.der.command.v1`: one DER's instruction, for its gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerCommand {
+    pub command_id: String,
+    pub gateway_id: String,
+    pub der_id: String,
+    pub event_id: Option<String>,
+    pub kind: String,
+    pub value_kw: f64,
+    pub start: i64,
+    pub end: i64,
+    pub expires_at: i64,
+}
+
+impl DomainEvent for DerCommand {
+    const TYPE: &'static EventType = &catalog::DER_COMMAND;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.der.command-ack.v1`: a gateway's answer to a command, or its expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerCommandAck {
+    pub command_id: String,
+    pub gateway_id: String,
+    pub der_id: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub acked_at: i64,
+}
+
+impl DomainEvent for DerCommandAck {
+    const TYPE: &'static EventType = &catalog::DER_COMMAND_ACK;
+
+    fn subject(&self) -> String {
+        self.gateway_id.clone()
+    }
+}
+
+/// `pmcore.telemetry.anomaly-detected.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryAnomalyDetected {
+    pub anomaly_id: String,
+    pub organization_id: String,
+    pub der_id: Option<String>,
+    pub gateway_id: Option<String>,
+    pub kind: String,
+    pub detail: String,
+    pub value_kw: Option<f64>,
+    pub observed_at: i64,
+    pub detected_at: i64,
+}
+
+impl DomainEvent for TelemetryAnomalyDetected {
+    const TYPE: &'static EventType = &catalog::TELEMETRY_ANOMALY_DETECTED;
+
+    fn subject(&self) -> String {
+        self.der_id
+            .clone()
+            .or_else(|| self.gateway_id.clone())
+            .unwrap_or_else(|| self.anomaly_id.clone())
+    }
+}

@@ -88,6 +88,33 @@ enum Outcome {
     Abandoned,
 }
 
+/// A group member that reads from the earliest offset and stores offsets only when
+/// told to (`store_offset*`), committing stored offsets every second.
+pub fn subscribe(
+    config: &KafkaConfig,
+    group: &str,
+    physical_topics: &[String],
+) -> anyhow::Result<StreamConsumer<KafkaContext>> {
+    let consumer: StreamConsumer<KafkaContext> = config
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        // Offsets are stored by hand, after the database commit.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A member the broker no longer knows (after a broker restart, or a consumer
+        // that died) holds its partitions until the session times out; 10 s rather
+        // than 45 s keeps that gap short.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(KafkaContext::consumer(group))?;
+    let names: Vec<&str> = physical_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names)?;
+    Ok(consumer)
+}
+
 /// Runs the consumer until cancelled, restarting it with capped backoff if it fails.
 pub async fn run<H: Handler>(
     config: KafkaConfig,
@@ -125,23 +152,8 @@ async fn run_once<H: Handler>(
         .collect();
     topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
 
-    let consumer: StreamConsumer<KafkaContext> = config
-        .client_config()
-        .set("group.id", &spec.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        // Offsets are stored by hand, after the database commit.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // A member the broker no longer knows (after a broker restart, or a consumer
-        // that died) holds its partitions until the session times out; 10 s rather
-        // than 45 s keeps that gap short.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000")
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(KafkaContext::consumer(&spec.group))?;
+    let consumer = subscribe(config, &spec.group, &physical)?;
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
-    consumer.subscribe(&names)?;
     let mut dlq = idempotent_producer(config)?;
     tracing::info!(group = %spec.group, topics = ?names, "consumer started");
 
@@ -189,7 +201,7 @@ async fn process<H: Handler>(
 ) -> Outcome {
     let record = match parse(config, message) {
         Ok(record) => record,
-        Err(reason) => return dead_letter(config, spec, dlq, message, &reason, cancel).await,
+        Err(reason) => return dead_letter(config, &spec.group, dlq, message, &reason, cancel).await,
     };
     let span = tracing::info_span!(
         "consume",
@@ -208,7 +220,7 @@ async fn process<H: Handler>(
             Ok(true) => return Outcome::Applied,
             Ok(false) => return Outcome::Duplicate,
             Err(HandlerError::Permanent(error)) => {
-                return dead_letter(config, spec, dlq, message, &format!("{error:#}"), cancel)
+                return dead_letter(config, &spec.group, dlq, message, &format!("{error:#}"), cancel)
                     .await;
             }
             Err(HandlerError::Transient(error)) => {
@@ -270,17 +282,33 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
 
 /// Copies the record to the dead-letter topic, retrying until the broker takes it,
 /// so the offset is never stored for a record that is neither applied nor parked.
+/// Parks a record in `<topic>.dlq.<group>` for consumers that batch by hand;
+/// false when cancelled before the broker took it (the offset must not be stored).
+pub async fn dead_letter_record(
+    config: &KafkaConfig,
+    group: &str,
+    producer: &mut FutureProducer<KafkaContext>,
+    message: &BorrowedMessage<'_>,
+    reason: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    matches!(
+        dead_letter(config, group, producer, message, reason, cancel).await,
+        Outcome::DeadLettered
+    )
+}
+
 async fn dead_letter(
     config: &KafkaConfig,
-    spec: &ConsumerSpec,
+    group: &str,
     producer: &mut FutureProducer<KafkaContext>,
     message: &BorrowedMessage<'_>,
     reason: &str,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let topic = KafkaConfig::dead_letter_topic(message.topic(), &spec.group);
+    let topic = KafkaConfig::dead_letter_topic(message.topic(), group);
     tracing::warn!(
-        group = %spec.group, topic = message.topic(), partition = message.partition(),
+        group = %group, topic = message.topic(), partition = message.partition(),
         offset = message.offset(), %reason, "dead-lettering record"
     );
     let partition = message.partition().to_string();
@@ -299,7 +327,7 @@ async fn dead_letter(
             ("dlq_topic", message.topic()),
             ("dlq_partition", partition.as_str()),
             ("dlq_offset", offset.as_str()),
-            ("dlq_consumer_group", spec.group.as_str()),
+            ("dlq_consumer_group", group),
             ("dlq_time", time.as_str()),
         ];
         for (key, value) in added {
@@ -320,7 +348,7 @@ async fn dead_letter(
             .await
         {
             Ok(_) => {
-                metrics::counter!("pmcore_dead_letters_total", "group" => spec.group.clone())
+                metrics::counter!("pmcore_dead_letters_total", "group" => group.to_owned())
                     .increment(1);
                 return Outcome::DeadLettered;
             }

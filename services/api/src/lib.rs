@@ -14,6 +14,7 @@ pub mod organizations;
 pub mod pagination;
 pub mod programs;
 pub mod state;
+pub mod telemetry;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

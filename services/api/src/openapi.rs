@@ -8,6 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth, ders, dispatch, enrollments, gateways, organizations, programs, state::AppState,
+    telemetry,
 };
 
 #[derive(OpenApi)]
@@ -28,6 +29,7 @@ use crate::{
         (name = "ders", description = "The DER warehouse"),
         (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
         (name = "dispatch-events", description = "Scheduling, cancellation and opt-outs"),
+        (name = "telemetry", description = "Readings, aggregates and anomalies"),
     )
 )]
 struct ApiDoc;
@@ -75,6 +77,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dispatch::get))
         .routes(routes!(dispatch::cancel))
         .routes(routes!(dispatch::opt_out))
+        .routes(routes!(telemetry::der_series))
+        .routes(routes!(telemetry::aggregate))
+        .routes(routes!(telemetry::anomalies))
 }
 
 /// The document as committed in `services/api/openapi.json`.

@@ -1,22 +1,74 @@
-//! `der-gateway-relay`: WebSocket sessions of edge gateways, bridged to Kafka. This foundation serves the operational endpoints.
+//! `der-gateway-relay`: WebSocket sessions of edge gateways, bridged to Kafka.
+//!
+//! - [`session`]: one gateway's session (`/v1/gateway`), protocol in [`protocol`].
+//! - [`telemetry`]: batches checked and produced to `der.telemetry.v1`, acknowledged
+//!   after the broker's acknowledgement.
+//! - [`commands`]: `der.commands.v1` kept in Postgres, delivered by whichever
+//!   instance holds the gateway.
+//! - [`presence`]: online/offline with events through the outbox.
 
-use std::net::SocketAddr;
+pub mod auth;
+pub mod commands;
+pub mod hub;
+pub mod presence;
+pub mod protocol;
+pub mod session;
+pub mod telemetry;
 
-use axum::Router;
-use pmcore_db::DbConfig;
-use pmcore_kafka::KafkaConfig;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{State, WebSocketUpgrade},
+    response::Response,
+    routing::get,
+};
+use pmcore_db::{DbConfig, inbox::Inbox};
+use pmcore_events::catalog;
+use pmcore_kafka::{
+    KafkaConfig,
+    consumer::{self, ConsumerSpec},
+};
 use pmcore_runtime::{Platform, Service, supervise};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::{Hub, Limits};
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`).
+    /// Address of the gateway WebSocket (`/v1/gateway`) and the HTTP endpoints
+    /// (`/healthz`, `/readyz`, `/metrics`).
     #[arg(
         long = "listen",
         env = "PMCORE_RELAY_LISTEN",
         default_value = "0.0.0.0:3005"
     )]
     pub listen: SocketAddr,
+
+    /// Largest WebSocket message a gateway may send, in bytes; a larger one closes
+    /// the session with 1009.
+    #[arg(
+        long = "max-frame-bytes",
+        env = "PMCORE_RELAY_MAX_FRAME_BYTES",
+        default_value_t = 1 << 20
+    )]
+    pub max_frame_bytes: usize,
+
+    /// Frames per second a gateway may send (bursts of twice that).
+    #[arg(
+        long = "frames-per-second",
+        env = "PMCORE_RELAY_FRAMES_PER_SECOND",
+        default_value_t = 50
+    )]
+    pub frames_per_second: u32,
+
+    /// Seconds without any frame from a gateway before its session is closed.
+    #[arg(
+        long = "heartbeat-timeout-s",
+        env = "PMCORE_RELAY_HEARTBEAT_TIMEOUT_S",
+        default_value_t = 30
+    )]
+    pub heartbeat_timeout_s: u64,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -28,6 +80,7 @@ pub struct Config {
 #[derive(Debug)]
 pub struct App {
     platform: Platform,
+    config: Config,
 }
 
 impl App {
@@ -51,18 +104,73 @@ impl Service for App {
 
     async fn build(config: Config) -> anyhow::Result<Self> {
         let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
-        Ok(Self { platform })
+        Ok(Self { platform, config })
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let readiness = self.platform.readiness();
+        let limits = Limits {
+            max_frame_bytes: self.config.max_frame_bytes,
+            frames_per_second: self.config.frames_per_second,
+            heartbeat_timeout: Duration::from_secs(self.config.heartbeat_timeout_s.max(1)),
+            max_errors: 20,
+            hello_timeout: Duration::from_secs(10),
+        };
+        let producer = telemetry_producer(&self.platform.kafka)?;
+        let hub = Hub::new(
+            self.platform.pool.clone(),
+            self.platform.kafka.clone(),
+            producer,
+            limits,
+            // Sessions close on shutdown before the listener stops accepting.
+            cancel.child_token(),
+        );
+        let store_commands = consumer::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            ConsumerSpec {
+                group: commands::CONSUMER_GROUP.to_owned(),
+                topics: vec![catalog::COMMANDS.name],
+                inbox: Inbox::Pm,
+            },
+            Arc::new(commands::StoreCommands),
+            cancel.clone(),
+        );
+        let listener = commands::listen(hub.clone());
+        let routes = Router::new()
+            .route("/v1/gateway", get(upgrade))
+            .with_state(hub);
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
-                self.platform.serve(Router::new(), readiness, cancel),
+                self.platform.outbox_relay(cancel.clone()),
+                Box::pin(async move {
+                    store_commands.await;
+                    Ok(())
+                }),
+                Box::pin(async move {
+                    listener.await;
+                    Ok(())
+                }),
+                self.platform.serve(routes, readiness, cancel),
             ],
         )
         .await
     }
+}
+
+/// Telemetry goes straight to the broker: idempotent, and batched for throughput
+/// (the gateway waits for the ack anyway, 5 ms of linger costs it nothing).
+fn telemetry_producer(
+    config: &KafkaConfig,
+) -> anyhow::Result<rdkafka::producer::FutureProducer<pmcore_kafka::KafkaContext>> {
+    pmcore_kafka::idempotent_producer(config)
+}
+
+async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+    let max = hub.limits.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(hub, socket))
 }

@@ -1,6 +1,9 @@
 //! `worker`: Background processing: enrollment eligibility, file imports, telemetry persistence, baselines, performance and settlement. This foundation checks its dependencies, creates the buckets and publishes its outbox.
 
+pub mod anomalies;
+pub mod command_acks;
 pub mod eligibility;
+pub mod telemetry;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -33,6 +36,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub s3: S3Config,
+
+    #[command(flatten)]
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 #[derive(Debug)]
@@ -85,6 +91,28 @@ impl Service for App {
             Arc::new(eligibility::Eligibility),
             cancel.clone(),
         );
+        let acks = consumer::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            ConsumerSpec {
+                group: command_acks::CONSUMER_GROUP.to_owned(),
+                topics: vec![catalog::COMMAND_ACKS.name],
+                inbox: Inbox::Pm,
+            },
+            Arc::new(command_acks::RecordAcks),
+            cancel.clone(),
+        );
+        let telemetry = telemetry::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            self.config.telemetry.clone(),
+            cancel.clone(),
+        );
+        let silence = anomalies::watch_silence(
+            self.platform.pool.clone(),
+            self.config.telemetry.anomalies.clone(),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
@@ -93,6 +121,18 @@ impl Service for App {
                 prepare_buckets(self.s3.clone(), self.config.s3.clone(), cancel.clone()),
                 Box::pin(async move {
                     eligibility.await;
+                    Ok(())
+                }),
+                Box::pin(async move {
+                    acks.await;
+                    Ok(())
+                }),
+                Box::pin(async move {
+                    telemetry.await;
+                    Ok(())
+                }),
+                Box::pin(async move {
+                    silence.await;
                     Ok(())
                 }),
                 self.platform.serve(Router::new(), readiness, cancel),

@@ -1,0 +1,255 @@
+//! Dispatch commands: from `der.commands.v1` into Postgres, from Postgres to sessions.
+//!
+//! The relays share one consumer group, so each command is stored by one instance;
+//! the insert and a `NOTIFY` commit together, and every instance listens, so the
+//! instance that holds the gateway's session delivers it. A gateway that is offline
+//! gets its unexpired commands when it says hello, wherever it connects.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pmcore_events::{
+    DomainEvent, Envelope,
+    domain::{DerCommand, DerCommandAck},
+};
+use pmcore_kafka::consumer::{Handler, HandlerError, Incoming};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::FutureRecord,
+    util::Timeout,
+};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use uuid::Uuid;
+
+use crate::{
+    hub::{Hub, Wake},
+    protocol::WireCommand,
+};
+
+pub const CONSUMER_GROUP: &str = "pmcore-relay-commands";
+const CHANNEL: &str = "pmcore_der_command";
+const KINDS: &[&str] = &["curtail_kw", "setpoint_kw", "release"];
+
+/// Stores each command once and signals the relays.
+#[derive(Debug)]
+pub struct StoreCommands;
+
+fn micros(field: &str, value: i64) -> Result<DateTime<Utc>, HandlerError> {
+    DateTime::from_timestamp_micros(value)
+        .ok_or_else(|| HandlerError::Permanent(anyhow::anyhow!("{field} is out of range")))
+}
+
+fn uuid(field: &str, value: &str) -> Result<Uuid, HandlerError> {
+    value
+        .parse()
+        .map_err(|e| HandlerError::Permanent(anyhow::anyhow!("{field} is not a UUID: {e}")))
+}
+
+#[async_trait]
+impl Handler for StoreCommands {
+    async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError> {
+        let command: DerCommand = record
+            .payload
+            .clone_typed()
+            .map_err(|e| HandlerError::Permanent(e.into()))?;
+        if !KINDS.contains(&command.kind.as_str()) {
+            return Err(HandlerError::Permanent(anyhow::anyhow!(
+                "unknown command kind {:?}",
+                command.kind
+            )));
+        }
+        let gateway_id = uuid("gateway_id", &command.gateway_id)?;
+        let event_id = command
+            .event_id
+            .as_deref()
+            .map(|e| uuid("event_id", e))
+            .transpose()?;
+        sqlx::query(
+            "insert into pm.der_command
+                 (id, gateway_id, der_id, event_id, kind, value_kw, start_at, end_at, expires_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             on conflict (id) do nothing",
+        )
+        .bind(uuid("command_id", &command.command_id)?)
+        .bind(gateway_id)
+        .bind(uuid("der_id", &command.der_id)?)
+        .bind(event_id)
+        .bind(&command.kind)
+        .bind(command.value_kw)
+        .bind(micros("start", command.start)?)
+        .bind(micros("end", command.end)?)
+        .bind(micros("expires_at", command.expires_at)?)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(gateway_id.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Wakes local sessions when commands for their gateway are stored. Notifications
+/// can be lost while the listener reconnects, and a sweep covers that gap.
+pub async fn listen(hub: Arc<Hub>) {
+    const SWEEP: Duration = Duration::from_secs(30);
+    let mut sweep = tokio::time::interval(SWEEP);
+    loop {
+        let mut listener = match PgListener::connect_with(&hub.pool).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(%error, "command listener cannot connect; retrying");
+                tokio::select! {
+                    () = hub.cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                }
+            }
+        };
+        if let Err(error) = listener.listen(CHANNEL).await {
+            tracing::warn!(%error, "cannot LISTEN; retrying");
+            continue;
+        }
+        // Anything stored before LISTEN took effect.
+        hub.wake_all(Wake::Commands);
+        loop {
+            tokio::select! {
+                () = hub.cancel.cancelled() => return,
+                _ = sweep.tick() => hub.wake_all(Wake::Commands),
+                received = listener.try_recv() => match received {
+                    Ok(Some(n)) => {
+                        if let Ok(gateway_id) = n.payload().parse() {
+                            hub.wake(gateway_id, Wake::Commands);
+                        }
+                    }
+                    // The connection dropped and was re-established: notifications
+                    // in between are lost, so look everywhere.
+                    Ok(None) => hub.wake_all(Wake::Commands),
+                    Err(error) => {
+                        tracing::warn!(%error, "command listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The gateway's commands still to deliver; expired ones are marked and reported.
+pub async fn pending(hub: &Hub, gateway_id: Uuid) -> anyhow::Result<Vec<WireCommand>> {
+    let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "update pm.der_command set status = 'expired', acked_at = now()
+         where gateway_id = $1 and status = 'pending' and expires_at <= now()
+         returning id, der_id",
+    )
+    .bind(gateway_id)
+    .fetch_all(&hub.pool)
+    .await?;
+    for (command_id, der_id) in expired {
+        let ack = DerCommandAck {
+            command_id: command_id.to_string(),
+            gateway_id: gateway_id.to_string(),
+            der_id: Some(der_id.to_string()),
+            status: "expired".to_owned(),
+            reason: Some("expired before the gateway was reachable".to_owned()),
+            acked_at: Utc::now().timestamp_micros(),
+        };
+        // The row says expired already; the event is for subscribers, so a broker
+        // hiccup here is logged rather than retried forever.
+        if let Err(error) = publish(hub, &ack, gateway_id).await {
+            tracing::warn!(%error, %command_id, "could not publish expiry");
+        }
+    }
+    type Row = (
+        Uuid,
+        Uuid,
+        Option<Uuid>,
+        String,
+        f64,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, der_id, event_id, kind, value_kw, start_at, end_at, expires_at
+         from pm.der_command
+         where gateway_id = $1 and status = 'pending' and expires_at > now()
+         order by received_at, id",
+    )
+    .bind(gateway_id)
+    .fetch_all(&hub.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(command_id, der_id, event_id, kind, value_kw, start, end, expires_at)| WireCommand {
+                command_id,
+                der_id,
+                event_id,
+                kind,
+                value_kw,
+                start,
+                end,
+                expires_at,
+            },
+        )
+        .collect())
+}
+
+pub async fn mark_delivered(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
+    sqlx::query(
+        "update pm.der_command set delivered_at = coalesce(delivered_at, now()) where id = any($1)",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The DER a command of this gateway is for, if the command exists.
+pub async fn der_of(pool: &PgPool, gateway_id: Uuid, command_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("select der_id from pm.der_command where id = $1 and gateway_id = $2")
+        .bind(command_id)
+        .bind(gateway_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Produces an event straight to its topic and waits for the broker's acknowledgement.
+pub async fn publish<E: DomainEvent>(hub: &Hub, event: &E, gateway_id: Uuid) -> anyhow::Result<()> {
+    let (topic, key, headers, payload) = record_parts(hub, event, gateway_id)?;
+    let record = FutureRecord::to(&topic)
+        .key(&key)
+        .headers(headers)
+        .payload(&payload);
+    hub.producer
+        .send(record, Timeout::After(Duration::from_secs(5)))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("broker did not take the record: {e}"))?;
+    Ok(())
+}
+
+/// Topic, key, CloudEvents headers and Avro payload of an event the relay produces.
+pub fn record_parts<E: DomainEvent>(
+    hub: &Hub,
+    event: &E,
+    gateway_id: Uuid,
+) -> anyhow::Result<(String, String, OwnedHeaders, Vec<u8>)> {
+    let principal = format!("gateway:{gateway_id}");
+    let envelope = Envelope::for_event(event, "der-gateway-relay", Some(principal));
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in envelope.to_headers() {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let payload = pmcore_events::avro::encode(event)?;
+    Ok((
+        hub.kafka.topic(E::TYPE.topic.name),
+        envelope.subject,
+        headers,
+        payload,
+    ))
+}

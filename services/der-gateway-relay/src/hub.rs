@@ -1,0 +1,135 @@
+//! What the sessions of one relay instance share: the producer, the registry of
+//! connected gateways (to wake a session when a command arrives) and the limits.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use pmcore_kafka::{KafkaConfig, KafkaContext};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Per-session limits; see the `gatewaySession` channel in the AsyncAPI document.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub frames_per_second: u32,
+    pub heartbeat_timeout: Duration,
+    /// Protocol errors a session may cause before it is closed.
+    pub max_errors: u32,
+    pub hello_timeout: Duration,
+}
+
+/// Why a session is woken from outside its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Commands may be waiting in Postgres.
+    Commands,
+    /// The same gateway opened a newer session on this instance.
+    Replaced,
+}
+
+#[derive(Debug)]
+struct Entry {
+    session_id: Uuid,
+    wake: mpsc::Sender<Wake>,
+}
+
+pub struct Hub {
+    pub pool: PgPool,
+    pub kafka: KafkaConfig,
+    pub producer: FutureProducer<KafkaContext>,
+    pub limits: Limits,
+    /// Names this process in presence events.
+    pub instance: String,
+    pub cancel: CancellationToken,
+    sessions: Mutex<HashMap<Uuid, Entry>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("instance", &self.instance)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn new(
+        pool: PgPool,
+        kafka: KafkaConfig,
+        producer: FutureProducer<KafkaContext>,
+        limits: Limits,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
+        Arc::new(Self {
+            pool,
+            kafka,
+            producer,
+            limits,
+            instance: format!("{host}-{}", Uuid::now_v7().simple()),
+            cancel,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registers a session, telling an older one of the same gateway to close.
+    pub fn register(&self, gateway_id: Uuid, session_id: Uuid) -> mpsc::Receiver<Wake> {
+        let (tx, rx) = mpsc::channel(16);
+        let old = self.lock().insert(
+            gateway_id,
+            Entry {
+                session_id,
+                wake: tx,
+            },
+        );
+        if let Some(old) = old {
+            let _ = old.wake.try_send(Wake::Replaced);
+        }
+        metrics::gauge!("pmcore_relay_sessions").set(self.lock().len() as f64);
+        rx
+    }
+
+    pub fn unregister(&self, gateway_id: Uuid, session_id: Uuid) {
+        let mut sessions = self.lock();
+        if sessions
+            .get(&gateway_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            sessions.remove(&gateway_id);
+        }
+        metrics::gauge!("pmcore_relay_sessions").set(sessions.len() as f64);
+    }
+
+    /// Wakes the gateway's session if it is connected here. A full queue already
+    /// holds a wake-up, which is as good as another.
+    pub fn wake(&self, gateway_id: Uuid, why: Wake) {
+        if let Some(entry) = self.lock().get(&gateway_id) {
+            let _ = entry.wake.try_send(why);
+        }
+    }
+
+    pub fn wake_all(&self, why: Wake) {
+        for entry in self.lock().values() {
+            let _ = entry.wake.try_send(why);
+        }
+    }
+
+    pub fn connected(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        // A panic while holding this lock cannot leave the map half-updated.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

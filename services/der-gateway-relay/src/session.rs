@@ -1,0 +1,471 @@
+//! One gateway's WebSocket session, from `hello` to close.
+
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use chrono::Utc;
+use futures::{
+    SinkExt, StreamExt,
+    stream::{FuturesOrdered, SplitSink, SplitStream},
+};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use pmcore_events::domain::DerCommandAck;
+use uuid::Uuid;
+
+use crate::{
+    auth::{self, AuthError, Gateway},
+    commands, presence,
+    hub::{Hub, Wake},
+    protocol::{self, AckStatus, ErrorCode, GatewayFrame, RelayFrame, WireReading, close},
+    telemetry,
+};
+
+/// Batches produced but not yet acknowledged by the broker, per session. Beyond
+/// this the session stops reading, which pushes back on the gateway.
+const MAX_IN_FLIGHT: usize = 64;
+/// How often a live session records `last_seen_at`.
+const SEEN_EVERY: Duration = Duration::from_secs(10);
+
+type Sink = SplitSink<WebSocket, Message>;
+type Delivery = Pin<Box<dyn Future<Output = (String, usize, Result<(), String>)> + Send>>;
+
+/// How a session ended: the close code sent (if any) and the presence reason.
+struct Ending {
+    code: Option<u16>,
+    reason: &'static str,
+}
+
+pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = tokio::time::timeout(hub.limits.hello_timeout, stream.next()).await;
+    let (gateway_id, secret, firmware) = match hello {
+        Ok(Some(Ok(Message::Text(text)))) => match protocol::parse(&text) {
+            Ok(GatewayFrame::Hello {
+                gateway_id,
+                secret,
+                firmware,
+                ..
+            }) => (gateway_id, secret, firmware),
+            _ => {
+                refuse(&mut sink, ErrorCode::NotAuthenticated, "the first frame must be hello").await;
+                return;
+            }
+        },
+        Ok(Some(Ok(_))) => {
+            refuse(&mut sink, ErrorCode::NotAuthenticated, "the first frame must be a hello text frame").await;
+            return;
+        }
+        _ => {
+            metrics::counter!("pmcore_relay_rejected_total", "code" => "hello_timeout").increment(1);
+            return;
+        }
+    };
+    let gateway = match auth::authenticate(&hub.pool, gateway_id, secret).await {
+        Ok(g) => g,
+        Err(AuthError::Refused) => {
+            tracing::warn!(%gateway_id, "gateway refused: unknown id or wrong secret");
+            metrics::counter!("pmcore_relay_auth_failures_total").increment(1);
+            refuse(&mut sink, ErrorCode::NotAuthenticated, "unknown gateway or wrong secret").await;
+            return;
+        }
+        Err(error @ AuthError::Unavailable(_)) => {
+            tracing::error!(%gateway_id, %error, "cannot authenticate gateway");
+            let _ = send_close(&mut sink, close::GOING_AWAY, "relay unavailable, retry later").await;
+            return;
+        }
+    };
+    let firmware = firmware.map(|f| f.chars().take(100).collect::<String>());
+    let session_id = Uuid::now_v7();
+    if let Err(error) =
+        presence::connected(&hub.pool, &gateway, session_id, &hub.instance, firmware.as_deref()).await
+    {
+        tracing::error!(%gateway_id, error = %format!("{error:#}"), "cannot record presence");
+        let _ = send_close(&mut sink, close::GOING_AWAY, "relay unavailable, retry later").await;
+        return;
+    }
+    let wake = hub.register(gateway.id, session_id);
+    tracing::info!(%gateway_id, %session_id, ders = gateway.ders.len(), "gateway connected");
+    let mut session = Session {
+        hub: hub.clone(),
+        gateway,
+        session_id,
+        sink,
+        sent_commands: HashSet::new(),
+        errors: 0,
+        limiter: RateLimiter::direct(quota(hub.limits.frames_per_second)),
+        last_frame: Instant::now(),
+        last_seen_recorded: Instant::now(),
+        in_flight: FuturesOrdered::new(),
+    };
+    let ending = session.serve(&mut stream, wake).await;
+    if let Some(code) = ending.code {
+        let _ = send_close(&mut session.sink, code, ending.reason).await;
+    }
+    hub.unregister(session.gateway.id, session_id);
+    if let Err(error) = presence::disconnected(&hub.pool, &session.gateway, session_id, ending.reason).await {
+        tracing::warn!(%gateway_id, error = %format!("{error:#}"), "cannot record disconnect");
+    }
+    tracing::info!(%gateway_id, %session_id, reason = ending.reason, "gateway disconnected");
+}
+
+fn quota(per_second: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(per_second.max(1).saturating_mul(2)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    gateway: Gateway,
+    session_id: Uuid,
+    sink: Sink,
+    /// Commands sent in this session; a reconnect sends unacknowledged ones again.
+    sent_commands: HashSet<Uuid>,
+    errors: u32,
+    limiter: DefaultDirectRateLimiter,
+    last_frame: Instant,
+    last_seen_recorded: Instant,
+    in_flight: FuturesOrdered<Delivery>,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        mut wake: tokio::sync::mpsc::Receiver<Wake>,
+    ) -> Ending {
+        let timeout = self.hub.limits.heartbeat_timeout;
+        let welcome = RelayFrame::Welcome {
+            session_id: self.session_id,
+            server_time: Utc::now(),
+            heartbeat_interval_s: (timeout / 3).as_secs().max(1),
+            unknown_ders: Vec::new(),
+        };
+        if self.send(&welcome).await.is_err() {
+            return Ending { code: None, reason: "connection_lost" };
+        }
+        if self.deliver_commands().await.is_err() {
+            return Ending { code: None, reason: "connection_lost" };
+        }
+        let mut tick = tokio::time::interval((timeout / 3).max(Duration::from_millis(100)));
+        tick.reset();
+        loop {
+            let reading = self.in_flight.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                () = self.hub.cancel.cancelled() => {
+                    self.drain().await;
+                    return Ending { code: Some(close::GOING_AWAY), reason: "relay_shutdown" };
+                }
+                Some(why) = wake.recv() => match why {
+                    Wake::Commands => if self.deliver_commands().await.is_err() {
+                        return Ending { code: None, reason: "connection_lost" };
+                    },
+                    Wake::Replaced => {
+                        self.drain().await;
+                        return Ending { code: Some(close::POLICY), reason: "replaced_by_new_session" };
+                    }
+                },
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if self.acknowledge(done).await.is_err() {
+                        return Ending { code: None, reason: "connection_lost" };
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.last_frame.elapsed() > timeout {
+                        metrics::counter!("pmcore_relay_rejected_total", "code" => "heartbeat_timeout").increment(1);
+                        return Ending { code: Some(close::HEARTBEAT_TIMEOUT), reason: "heartbeat_timeout" };
+                    }
+                    if self.send(&RelayFrame::Heartbeat).await.is_err() {
+                        return Ending { code: None, reason: "connection_lost" };
+                    }
+                }
+                message = stream.next(), if reading => {
+                    match message {
+                        None => { self.drain().await; return Ending { code: None, reason: "closed" } }
+                        Some(Err(error)) => {
+                            if is_too_big(&error) {
+                                metrics::counter!("pmcore_relay_rejected_total", "code" => "too_big").increment(1);
+                                tracing::warn!(gateway_id = %self.gateway.id, %error, "frame over the size limit");
+                                return Ending { code: Some(close::TOO_BIG), reason: "frame_too_big" };
+                            }
+                            return Ending { code: None, reason: "connection_lost" };
+                        }
+                        Some(Ok(message)) => {
+                            self.last_frame = Instant::now();
+                            match self.on_message(message).await {
+                                Ok(None) => {}
+                                Ok(Some(ending)) => return ending,
+                                Err(()) => return Ending { code: None, reason: "connection_lost" },
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `Ok(Some)` ends the session, `Err` means the socket broke.
+    async fn on_message(&mut self, message: Message) -> Result<Option<Ending>, ()> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => {
+                self.drain().await;
+                return Ok(Some(Ending { code: None, reason: "closed" }));
+            }
+            Message::Ping(_) | Message::Pong(_) => return Ok(None),
+            Message::Binary(_) => {
+                return self.reject(ErrorCode::Malformed, "frames are JSON text".into(), None, None).await;
+            }
+        };
+        if self.limiter.check().is_err() {
+            return self
+                .reject(ErrorCode::RateLimited, "too many frames; slow down and resend".into(), None, None)
+                .await;
+        }
+        if self.last_seen_recorded.elapsed() >= SEEN_EVERY {
+            self.last_seen_recorded = Instant::now();
+            if let Err(error) = presence::seen(&self.hub.pool, self.gateway.id, self.session_id).await {
+                tracing::warn!(%error, "cannot record last_seen_at");
+            }
+        }
+        let frame = match protocol::parse(&text) {
+            Ok(frame) => frame,
+            Err((code, message)) => return self.reject(code, message, None, None).await,
+        };
+        metrics::counter!("pmcore_relay_frames_total", "type" => frame_type(&frame)).increment(1);
+        match frame {
+            GatewayFrame::Heartbeat => Ok(None),
+            GatewayFrame::Hello { .. } => {
+                self.reject(ErrorCode::Invalid, "already authenticated".into(), None, None).await
+            }
+            GatewayFrame::Telemetry { batch_id, readings } => self.on_telemetry(batch_id, readings).await,
+            GatewayFrame::CommandAck {
+                command_id,
+                status,
+                reason,
+            } => self.on_command_ack(command_id, status, reason).await,
+        }
+    }
+
+    async fn on_telemetry(
+        &mut self,
+        batch_id: String,
+        readings: Vec<WireReading>,
+    ) -> Result<Option<Ending>, ()> {
+        if telemetry::has_foreign(&self.gateway, &readings)
+            && let Err(error) = self.gateway.refresh_ders(&self.hub.pool).await
+        {
+            tracing::warn!(%error, "cannot refresh the gateway's DERs");
+        }
+        if let Err((code, message)) = telemetry::check(&self.gateway, &batch_id, &readings, Utc::now()) {
+            return self.reject(code, message, Some(batch_id), None).await;
+        }
+        let count = readings.len();
+        match telemetry::produce(&self.hub, &self.gateway, batch_id.clone(), readings) {
+            Ok(delivery) => {
+                self.in_flight.push_back(Box::pin(async move {
+                    let result = match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(error.to_string()),
+                        Err(_) => Err("the producer went away".to_owned()),
+                    };
+                    (batch_id, count, result)
+                }));
+                Ok(None)
+            }
+            Err((code, message)) => self.reject(code, message, Some(batch_id), None).await,
+        }
+    }
+
+    async fn acknowledge(&mut self, (batch_id, count, result): (String, usize, Result<(), String>)) -> Result<(), ()> {
+        match result {
+            Ok(()) => {
+                metrics::counter!("pmcore_relay_readings_total").increment(count as u64);
+                self.send(&RelayFrame::TelemetryAck { batch_id }).await
+            }
+            Err(error) => {
+                // Not the gateway's fault: no error count, it resends later.
+                tracing::warn!(gateway_id = %self.gateway.id, %batch_id, %error, "broker did not take a batch");
+                self.send(&RelayFrame::Error {
+                    code: ErrorCode::Unavailable,
+                    message: "the batch was not stored; resend it".into(),
+                    batch_id: Some(batch_id),
+                    command_id: None,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Waits for the batches already handed to the broker, so their acks reach
+    /// the gateway before the session ends.
+    async fn drain(&mut self) {
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                () = &mut deadline => return,
+                Some(done) = self.in_flight.next() => {
+                    if self.acknowledge(done).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_command_ack(
+        &mut self,
+        command_id: Uuid,
+        status: AckStatus,
+        reason: Option<String>,
+    ) -> Result<Option<Ending>, ()> {
+        let der_id = match commands::der_of(&self.hub.pool, self.gateway.id, command_id).await {
+            Ok(Some(der)) => der,
+            Ok(None) => {
+                return self
+                    .reject(ErrorCode::Invalid, "no such command for this gateway".into(), None, Some(command_id))
+                    .await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a command");
+                return self.unavailable(command_id).await;
+            }
+        };
+        let ack = DerCommandAck {
+            command_id: command_id.to_string(),
+            gateway_id: self.gateway.id.to_string(),
+            der_id: Some(der_id.to_string()),
+            status: status.as_str().to_owned(),
+            reason: reason.map(|r| r.chars().take(500).collect()),
+            acked_at: Utc::now().timestamp_micros(),
+        };
+        if let Err(error) = commands::publish(&self.hub, &ack, self.gateway.id).await {
+            tracing::warn!(error = %format!("{error:#}"), "cannot publish a command ack");
+            return self.unavailable(command_id).await;
+        }
+        Ok(None)
+    }
+
+    async fn unavailable(&mut self, command_id: Uuid) -> Result<Option<Ending>, ()> {
+        self.send(&RelayFrame::Error {
+            code: ErrorCode::Unavailable,
+            message: "the acknowledgement was not recorded; send it again".into(),
+            batch_id: None,
+            command_id: Some(command_id),
+        })
+        .await
+        .map(|()| None)
+    }
+
+    async fn deliver_commands(&mut self) -> Result<(), ()> {
+        let pending = match commands::pending(&self.hub, self.gateway.id).await {
+            Ok(p) => p,
+            Err(error) => {
+                // The periodic sweep tries again.
+                tracing::warn!(error = %format!("{error:#}"), "cannot load pending commands");
+                return Ok(());
+            }
+        };
+        let mut delivered = Vec::new();
+        for command in pending {
+            if self.sent_commands.contains(&command.command_id) {
+                continue;
+            }
+            let id = command.command_id;
+            self.send(&RelayFrame::Command(command)).await?;
+            self.sent_commands.insert(id);
+            delivered.push(id);
+        }
+        if !delivered.is_empty() {
+            metrics::counter!("pmcore_relay_commands_delivered_total").increment(delivered.len() as u64);
+            if let Err(error) = commands::mark_delivered(&self.hub.pool, &delivered).await {
+                tracing::warn!(%error, "cannot record command delivery");
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a bad frame with an error; too many of them end the session.
+    async fn reject(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        batch_id: Option<String>,
+        command_id: Option<Uuid>,
+    ) -> Result<Option<Ending>, ()> {
+        self.errors += 1;
+        metrics::counter!("pmcore_relay_rejected_total", "code" => code.as_str()).increment(1);
+        tracing::info!(gateway_id = %self.gateway.id, code = code.as_str(), %message, "frame refused");
+        self.send(&RelayFrame::Error {
+            code,
+            message,
+            batch_id,
+            command_id,
+        })
+        .await?;
+        if self.errors >= self.hub.limits.max_errors {
+            return Ok(Some(Ending {
+                code: Some(close::POLICY),
+                reason: "protocol_errors",
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn send(&mut self, frame: &RelayFrame) -> Result<(), ()> {
+        send_frame(&mut self.sink, frame).await
+    }
+}
+
+fn frame_type(frame: &GatewayFrame) -> &'static str {
+    match frame {
+        GatewayFrame::Hello { .. } => "hello",
+        GatewayFrame::Telemetry { .. } => "telemetry",
+        GatewayFrame::CommandAck { .. } => "command_ack",
+        GatewayFrame::Heartbeat => "heartbeat",
+    }
+}
+
+async fn send_frame(sink: &mut Sink, frame: &RelayFrame) -> Result<(), ()> {
+    let text = serde_json::to_string(frame).map_err(|_| ())?;
+    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+}
+
+async fn refuse(sink: &mut Sink, code: ErrorCode, message: &str) {
+    let frame = RelayFrame::Error {
+        code,
+        message: message.to_owned(),
+        batch_id: None,
+        command_id: None,
+    };
+    let _ = send_frame(sink, &frame).await;
+    let _ = send_close(sink, close::POLICY, message).await;
+}
+
+async fn send_close(sink: &mut Sink, code: u16, reason: &str) -> Result<(), axum::Error> {
+    sink.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    })))
+    .await
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
+            e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
