@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 #[derive(Debug)]
-pub(crate) struct Api {
+pub struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    pub(crate) async fn login(base: &str, client_id: &str, secret: &str) -> anyhow::Result<Self> {
+    pub async fn login(base: &str, client_id: &str, secret: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::new();
         let response = http
             .post(format!("{base}/oauth/token"))
@@ -40,7 +40,7 @@ impl Api {
         })
     }
 
-    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -55,7 +55,7 @@ impl Api {
     }
 
     /// Every item of a paginated list.
-    pub(crate) async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+    pub async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
@@ -77,7 +77,7 @@ impl Api {
     }
 
     /// The organization with this name, created if missing.
-    pub(crate) async fn organization(&self, name: &str, kind: &str) -> anyhow::Result<Value> {
+    pub async fn organization(&self, name: &str, kind: &str) -> anyhow::Result<Value> {
         let existing = self.all("/v1/organizations").await?;
         if let Some(org) = existing.into_iter().find(|o| o["name"] == name) {
             return Ok(org);
@@ -88,22 +88,22 @@ impl Api {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Client {
-    pub(crate) organization: String,
-    pub(crate) organization_id: String,
-    pub(crate) client_id: String,
-    pub(crate) client_secret: String,
-    pub(crate) roles: Vec<String>,
+pub struct Client {
+    pub organization: String,
+    pub organization_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub roles: Vec<String>,
 }
 
 /// Secrets are shown once, so the seed keeps what it was given between runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Credentials {
-    clients: Vec<Client>,
+pub struct Credentials {
+    pub clients: Vec<Client>,
 }
 
 impl Credentials {
-    pub(crate) fn load(path: &Path) -> anyhow::Result<Self> {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(serde_json::from_str(&text)
                 .with_context(|| format!("reading {}", path.display()))?),
@@ -111,7 +111,7 @@ impl Credentials {
         }
     }
 
-    pub(crate) fn save(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -120,7 +120,7 @@ impl Credentials {
     }
 
     /// The aggregator's client from an earlier run, or a new one.
-    pub(crate) async fn client_for(
+    pub async fn client_for(
         &mut self,
         admin: &Api,
         org: &Value,

@@ -3,14 +3,14 @@
 //! feeders behind 50 gateways, and enrollments in the open program. Running it again
 //! creates only what is missing. Client credentials go to `seed/out/credentials.json`.
 
-mod api;
+use pmcore_seed::api;
 
 use std::{collections::HashSet, path::PathBuf};
 
 use clap::Parser;
 use serde_json::{Value, json};
 
-use crate::api::Api;
+use pmcore_seed::api::Api;
 
 #[derive(Debug, Parser)]
 #[command(

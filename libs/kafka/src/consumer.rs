@@ -201,7 +201,9 @@ async fn process<H: Handler>(
 ) -> Outcome {
     let record = match parse(config, message) {
         Ok(record) => record,
-        Err(reason) => return dead_letter(config, &spec.group, dlq, message, &reason, cancel).await,
+        Err(reason) => {
+            return dead_letter(config, &spec.group, dlq, message, &reason, cancel).await;
+        }
     };
     let span = tracing::info_span!(
         "consume",
@@ -220,8 +222,15 @@ async fn process<H: Handler>(
             Ok(true) => return Outcome::Applied,
             Ok(false) => return Outcome::Duplicate,
             Err(HandlerError::Permanent(error)) => {
-                return dead_letter(config, &spec.group, dlq, message, &format!("{error:#}"), cancel)
-                    .await;
+                return dead_letter(
+                    config,
+                    &spec.group,
+                    dlq,
+                    message,
+                    &format!("{error:#}"),
+                    cancel,
+                )
+                .await;
             }
             Err(HandlerError::Transient(error)) => {
                 tracing::warn!(error = %format!("{error:#}"), ce_id = %record.envelope.id, "retrying record");

@@ -138,10 +138,11 @@ pub async fn der_series(
     Query(range): Query<RangeParams>,
 ) -> ApiResult<Json<DerSeries>> {
     let resolution = range.check()?;
-    let owner: Option<Uuid> = sqlx::query_scalar("select organization_id from pm.der where id = $1")
-        .bind(id)
-        .fetch_optional(&state.pool)
-        .await?;
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("select organization_id from pm.der where id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?;
     if !owner.is_some_and(|o| principal.can_see(o)) {
         return Err(ApiError::NotFound("DER"));
     }
@@ -245,7 +246,10 @@ pub async fn aggregate(
         errors.push(FieldError::new("resolution", "aggregates start at 1m"));
     }
     if params.feeder.is_some() == params.program_id.is_some() {
-        errors.push(FieldError::new("feeder", "give exactly one of `feeder` and `program_id`"));
+        errors.push(FieldError::new(
+            "feeder",
+            "give exactly one of `feeder` and `program_id`",
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

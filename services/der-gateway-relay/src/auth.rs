@@ -41,8 +41,11 @@ pub async fn authenticate(pool: &PgPool, id: Uuid, secret: String) -> Result<Gat
     };
     // Argon2 is deliberately slow; keep it off the async workers.
     let valid = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&hash).is_ok_and(|parsed| {
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok()
+        })
     })
     .await
     .unwrap_or(false);

@@ -208,7 +208,11 @@ pub async fn mark_delivered(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
 }
 
 /// The DER a command of this gateway is for, if the command exists.
-pub async fn der_of(pool: &PgPool, gateway_id: Uuid, command_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+pub async fn der_of(
+    pool: &PgPool,
+    gateway_id: Uuid,
+    command_id: Uuid,
+) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar("select der_id from pm.der_command where id = $1 and gateway_id = $2")
         .bind(command_id)
         .bind(gateway_id)

@@ -140,8 +140,8 @@ pub fn parse(text: &str) -> Result<GatewayFrame, (ErrorCode, String)> {
         Ok(frame) => return Ok(frame),
         Err(e) => e,
     };
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| (ErrorCode::Malformed, format!("not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (ErrorCode::Malformed, format!("not JSON: {e}")))?;
     let Some(kind) = value.get("type").and_then(serde_json::Value::as_str) else {
         return Err((
             ErrorCode::Malformed,
@@ -174,7 +174,9 @@ mod tests {
             ErrorCode::UnknownType
         );
         assert_eq!(
-            parse(r#"{"type":"telemetry","batch_id":"b"}"#).expect_err("refused").0,
+            parse(r#"{"type":"telemetry","batch_id":"b"}"#)
+                .expect_err("refused")
+                .0,
             ErrorCode::Invalid
         );
         // A heartbeat carries nothing the relay reads, so extra fields are let be.
@@ -188,7 +190,10 @@ mod tests {
                 .0,
             ErrorCode::Invalid
         );
-        assert_eq!(parse(r#"{"type":"heartbeat"}"#), Ok(GatewayFrame::Heartbeat));
+        assert_eq!(
+            parse(r#"{"type":"heartbeat"}"#),
+            Ok(GatewayFrame::Heartbeat)
+        );
     }
 
     #[test]

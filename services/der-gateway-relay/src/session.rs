@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use crate::{
     auth::{self, AuthError, Gateway},
-    commands, presence,
+    commands,
     hub::{Hub, Wake},
+    presence,
     protocol::{self, AckStatus, ErrorCode, GatewayFrame, RelayFrame, WireReading, close},
     telemetry,
 };
@@ -53,16 +54,27 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
                 ..
             }) => (gateway_id, secret, firmware),
             _ => {
-                refuse(&mut sink, ErrorCode::NotAuthenticated, "the first frame must be hello").await;
+                refuse(
+                    &mut sink,
+                    ErrorCode::NotAuthenticated,
+                    "the first frame must be hello",
+                )
+                .await;
                 return;
             }
         },
         Ok(Some(Ok(_))) => {
-            refuse(&mut sink, ErrorCode::NotAuthenticated, "the first frame must be a hello text frame").await;
+            refuse(
+                &mut sink,
+                ErrorCode::NotAuthenticated,
+                "the first frame must be a hello text frame",
+            )
+            .await;
             return;
         }
         _ => {
-            metrics::counter!("pmcore_relay_rejected_total", "code" => "hello_timeout").increment(1);
+            metrics::counter!("pmcore_relay_rejected_total", "code" => "hello_timeout")
+                .increment(1);
             return;
         }
     };
@@ -71,22 +83,43 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         Err(AuthError::Refused) => {
             tracing::warn!(%gateway_id, "gateway refused: unknown id or wrong secret");
             metrics::counter!("pmcore_relay_auth_failures_total").increment(1);
-            refuse(&mut sink, ErrorCode::NotAuthenticated, "unknown gateway or wrong secret").await;
+            refuse(
+                &mut sink,
+                ErrorCode::NotAuthenticated,
+                "unknown gateway or wrong secret",
+            )
+            .await;
             return;
         }
         Err(error @ AuthError::Unavailable(_)) => {
             tracing::error!(%gateway_id, %error, "cannot authenticate gateway");
-            let _ = send_close(&mut sink, close::GOING_AWAY, "relay unavailable, retry later").await;
+            let _ = send_close(
+                &mut sink,
+                close::GOING_AWAY,
+                "relay unavailable, retry later",
+            )
+            .await;
             return;
         }
     };
     let firmware = firmware.map(|f| f.chars().take(100).collect::<String>());
     let session_id = Uuid::now_v7();
-    if let Err(error) =
-        presence::connected(&hub.pool, &gateway, session_id, &hub.instance, firmware.as_deref()).await
+    if let Err(error) = presence::connected(
+        &hub.pool,
+        &gateway,
+        session_id,
+        &hub.instance,
+        firmware.as_deref(),
+    )
+    .await
     {
         tracing::error!(%gateway_id, error = %format!("{error:#}"), "cannot record presence");
-        let _ = send_close(&mut sink, close::GOING_AWAY, "relay unavailable, retry later").await;
+        let _ = send_close(
+            &mut sink,
+            close::GOING_AWAY,
+            "relay unavailable, retry later",
+        )
+        .await;
         return;
     }
     let wake = hub.register(gateway.id, session_id);
@@ -108,7 +141,9 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         let _ = send_close(&mut session.sink, code, ending.reason).await;
     }
     hub.unregister(session.gateway.id, session_id);
-    if let Err(error) = presence::disconnected(&hub.pool, &session.gateway, session_id, ending.reason).await {
+    if let Err(error) =
+        presence::disconnected(&hub.pool, &session.gateway, session_id, ending.reason).await
+    {
         tracing::warn!(%gateway_id, error = %format!("{error:#}"), "cannot record disconnect");
     }
     tracing::info!(%gateway_id, %session_id, reason = ending.reason, "gateway disconnected");
@@ -148,10 +183,16 @@ impl Session {
             unknown_ders: Vec::new(),
         };
         if self.send(&welcome).await.is_err() {
-            return Ending { code: None, reason: "connection_lost" };
+            return Ending {
+                code: None,
+                reason: "connection_lost",
+            };
         }
         if self.deliver_commands().await.is_err() {
-            return Ending { code: None, reason: "connection_lost" };
+            return Ending {
+                code: None,
+                reason: "connection_lost",
+            };
         }
         let mut tick = tokio::time::interval((timeout / 3).max(Duration::from_millis(100)));
         tick.reset();
@@ -216,21 +257,38 @@ impl Session {
             Message::Text(text) => text,
             Message::Close(_) => {
                 self.drain().await;
-                return Ok(Some(Ending { code: None, reason: "closed" }));
+                return Ok(Some(Ending {
+                    code: None,
+                    reason: "closed",
+                }));
             }
             Message::Ping(_) | Message::Pong(_) => return Ok(None),
             Message::Binary(_) => {
-                return self.reject(ErrorCode::Malformed, "frames are JSON text".into(), None, None).await;
+                return self
+                    .reject(
+                        ErrorCode::Malformed,
+                        "frames are JSON text".into(),
+                        None,
+                        None,
+                    )
+                    .await;
             }
         };
         if self.limiter.check().is_err() {
             return self
-                .reject(ErrorCode::RateLimited, "too many frames; slow down and resend".into(), None, None)
+                .reject(
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down and resend".into(),
+                    None,
+                    None,
+                )
                 .await;
         }
         if self.last_seen_recorded.elapsed() >= SEEN_EVERY {
             self.last_seen_recorded = Instant::now();
-            if let Err(error) = presence::seen(&self.hub.pool, self.gateway.id, self.session_id).await {
+            if let Err(error) =
+                presence::seen(&self.hub.pool, self.gateway.id, self.session_id).await
+            {
                 tracing::warn!(%error, "cannot record last_seen_at");
             }
         }
@@ -242,9 +300,17 @@ impl Session {
         match frame {
             GatewayFrame::Heartbeat => Ok(None),
             GatewayFrame::Hello { .. } => {
-                self.reject(ErrorCode::Invalid, "already authenticated".into(), None, None).await
+                self.reject(
+                    ErrorCode::Invalid,
+                    "already authenticated".into(),
+                    None,
+                    None,
+                )
+                .await
             }
-            GatewayFrame::Telemetry { batch_id, readings } => self.on_telemetry(batch_id, readings).await,
+            GatewayFrame::Telemetry { batch_id, readings } => {
+                self.on_telemetry(batch_id, readings).await
+            }
             GatewayFrame::CommandAck {
                 command_id,
                 status,
@@ -263,7 +329,9 @@ impl Session {
         {
             tracing::warn!(%error, "cannot refresh the gateway's DERs");
         }
-        if let Err((code, message)) = telemetry::check(&self.gateway, &batch_id, &readings, Utc::now()) {
+        if let Err((code, message)) =
+            telemetry::check(&self.gateway, &batch_id, &readings, Utc::now())
+        {
             return self.reject(code, message, Some(batch_id), None).await;
         }
         let count = readings.len();
@@ -283,7 +351,10 @@ impl Session {
         }
     }
 
-    async fn acknowledge(&mut self, (batch_id, count, result): (String, usize, Result<(), String>)) -> Result<(), ()> {
+    async fn acknowledge(
+        &mut self,
+        (batch_id, count, result): (String, usize, Result<(), String>),
+    ) -> Result<(), ()> {
         match result {
             Ok(()) => {
                 metrics::counter!("pmcore_relay_readings_total").increment(count as u64);
@@ -330,7 +401,12 @@ impl Session {
             Ok(Some(der)) => der,
             Ok(None) => {
                 return self
-                    .reject(ErrorCode::Invalid, "no such command for this gateway".into(), None, Some(command_id))
+                    .reject(
+                        ErrorCode::Invalid,
+                        "no such command for this gateway".into(),
+                        None,
+                        Some(command_id),
+                    )
                     .await;
             }
             Err(error) => {
@@ -384,7 +460,8 @@ impl Session {
             delivered.push(id);
         }
         if !delivered.is_empty() {
-            metrics::counter!("pmcore_relay_commands_delivered_total").increment(delivered.len() as u64);
+            metrics::counter!("pmcore_relay_commands_delivered_total")
+                .increment(delivered.len() as u64);
             if let Err(error) = commands::mark_delivered(&self.hub.pool, &delivered).await {
                 tracing::warn!(%error, "cannot record command delivery");
             }
@@ -462,7 +539,8 @@ fn is_too_big(error: &axum::Error) -> bool {
     let mut source = error.source();
     while let Some(e) = source {
         if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
-            e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            e.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        {
             return true;
         }
         source = e.source();

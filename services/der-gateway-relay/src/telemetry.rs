@@ -56,7 +56,12 @@ pub fn check(
     if !foreign.is_empty() {
         foreign.sort();
         foreign.dedup();
-        let shown = foreign.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        let shown = foreign
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err((
             ErrorCode::UnknownDer,
             format!(

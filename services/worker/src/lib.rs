@@ -38,7 +38,7 @@ pub struct Config {
     pub s3: S3Config,
 
     #[command(flatten)]
-    pub telemetry: telemetry::TelemetryConfig,
+    pub telemetry: telemetry::StoreConfig,
 }
 
 #[derive(Debug)]

@@ -24,7 +24,7 @@ use crate::anomalies::{self, AnomalyConfig, Detector};
 pub const CONSUMER_GROUP: &str = "pmcore-worker-telemetry";
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct TelemetryConfig {
+pub struct StoreConfig {
     /// Readings gathered into one database transaction at most.
     #[arg(
         long = "telemetry-batch-readings",
@@ -92,7 +92,7 @@ impl Columns {
     }
 }
 
-pub async fn run(kafka: KafkaConfig, pool: PgPool, config: TelemetryConfig, cancel: CancellationToken) {
+pub async fn run(kafka: KafkaConfig, pool: PgPool, config: StoreConfig, cancel: CancellationToken) {
     let mut detector = Detector::new(config.anomalies.clone());
     while !cancel.is_cancelled() {
         match run_once(&kafka, &pool, &config, &mut detector, &cancel).await {
@@ -111,7 +111,7 @@ pub async fn run(kafka: KafkaConfig, pool: PgPool, config: TelemetryConfig, canc
 async fn run_once(
     kafka: &KafkaConfig,
     pool: &PgPool,
-    config: &TelemetryConfig,
+    config: &StoreConfig,
     detector: &mut Detector,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -146,7 +146,15 @@ async fn run_once(
             while index < messages.len() {
                 let message = &messages[index];
                 if let Err(reason) = decode_into(message, &mut columns)
-                    && !consumer::dead_letter_record(kafka, CONSUMER_GROUP, &mut dlq, message, &reason, cancel).await
+                    && !consumer::dead_letter_record(
+                        kafka,
+                        CONSUMER_GROUP,
+                        &mut dlq,
+                        message,
+                        &reason,
+                        cancel,
+                    )
+                    .await
                 {
                     break 'poll;
                 }
@@ -170,7 +178,9 @@ async fn run_once(
             // Judged once: a retried write must not lose or repeat a flag.
             let found = match detector.learn(pool, &columns.der_id).await {
                 Ok(()) => (0..columns.len())
-                    .filter_map(|i| detector.observe(columns.der_id[i], columns.ts[i], columns.power_kw[i]))
+                    .filter_map(|i| {
+                        detector.observe(columns.der_id[i], columns.ts[i], columns.power_kw[i])
+                    })
                     .collect(),
                 Err(error) => {
                     tracing::warn!(%error, "cannot load DER nameplates; anomalies skipped for this batch");
