@@ -64,7 +64,7 @@ impl KafkaConfig {
         format!("{physical_topic}.dlq.{group}")
     }
 
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             // librdkafka logs every failed connect; one line per minute is enough.

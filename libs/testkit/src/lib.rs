@@ -38,6 +38,20 @@ pub fn kafka_brokers() -> String {
     std::env::var("PMCORE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
 
+/// The stack's S3 server, as the services are configured for it in tests.
+pub fn s3() -> pmcore_storage::S3Config {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    pmcore_storage::S3Config {
+        endpoint: var("PMCORE_S3_ENDPOINT", "http://127.0.0.1:9000"),
+        region: "us-east-1".into(),
+        access_key: var("PMCORE_S3_ACCESS_KEY", "pmcore"),
+        secret_key: var("PMCORE_S3_SECRET_KEY", "pmcore-secret").into(),
+        inbound_bucket: "pmcore-inbound".into(),
+        reports_bucket: "pmcore-reports".into(),
+    }
+}
+
 /// `url` with its database name replaced.
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -307,6 +321,13 @@ impl Running {
             (http_status(addr, "/readyz").await == Some(200)).then_some(())
         })
         .await;
+    }
+
+    /// Drops the service mid-flight, as a crash would: its tasks stop at whatever
+    /// await point they reached, nothing is flushed by the service itself.
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
     }
 
     /// Cancels the service as SIGTERM would and returns how long it took to stop.

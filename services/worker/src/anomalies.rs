@@ -42,6 +42,16 @@ pub struct AnomalyConfig {
     pub silence_after_s: i64,
 }
 
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            range_factor: 1.1,
+            stuck_after_s: 900,
+            silence_after_s: 300,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DerInfo {
     pub organization_id: Uuid,

@@ -45,6 +45,16 @@ pub struct StoreConfig {
     pub anomalies: AnomalyConfig,
 }
 
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            batch_readings: 20_000,
+            batch_wait_ms: 200,
+            anomalies: AnomalyConfig::default(),
+        }
+    }
+}
+
 /// Readings as columns, ready for `unnest`.
 #[derive(Debug, Default)]
 struct Columns {

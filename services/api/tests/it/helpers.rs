@@ -13,22 +13,12 @@ const JWT_SECRET: &str = "test-signing-key-test-signing-key-0123";
 
 /// The worker against the same database and topics, for flows that need it.
 pub(crate) async fn spawn_worker(api: &TestApi) -> Running {
-    let s3 = pmcore_storage::S3Config {
-        endpoint: std::env::var("PMCORE_S3_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:9000".into()),
-        region: "us-east-1".into(),
-        access_key: std::env::var("PMCORE_S3_ACCESS_KEY").unwrap_or_else(|_| "pmcore".into()),
-        secret_key: std::env::var("PMCORE_S3_SECRET_KEY")
-            .unwrap_or_else(|_| "pmcore-secret".into())
-            .into(),
-        inbound_bucket: "pmcore-inbound".into(),
-        reports_bucket: "pmcore-reports".into(),
-    };
     let config = pmcore_worker::Config {
         listen: ([127, 0, 0, 1], 0).into(),
         database: api.db.config(),
         kafka: api.kafka.clone(),
-        s3,
+        s3: pmcore_testkit::s3(),
+        telemetry: Default::default(),
     };
     let app = pmcore_worker::App::build(config)
         .await

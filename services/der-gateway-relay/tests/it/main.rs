@@ -1,0 +1,7 @@
+//! Integration tests of the relay against the real stack: Postgres, the broker and
+//! (for the pipeline) the worker.
+
+mod commands;
+mod helpers;
+mod pipeline;
+mod sessions;
