@@ -12,3 +12,4 @@ mod oidc;
 mod openapi;
 mod organizations;
 mod programs;
+mod telemetry;
