@@ -11,13 +11,30 @@ default:
 
 # ---- quick start -------------------------------------------------------------------
 
-# Bring up the whole system (every service) with seed data, on the embedded stack or Docker.
-up: (stack-up "--profile" "all") seed-database
+# Bring up the whole system (every service) with seed data and live simulated gateways.
+up: (stack-up "--profile" "all") seed-database seed-kafka simulate-start
     @scripts/stack.sh ps
 
 # Seed the database with the demo's organizations and programs (idempotent).
 seed-database:
     source scripts/env.sh && cargo run --quiet --bin seed
+
+# Backfill 5-minute telemetry history for the seeded DERs through the relay (once).
+seed-kafka days="14":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source scripts/env.sh
+    have=$(psql -Atq "$PMCORE_DATABASE_URL" -c "select count(*) from pm.telemetry where ts < now() - interval '{{days}} days' + interval '1 day'")
+    if [ "$have" -gt 0 ]; then echo "seed-kafka: history already there ($have old readings); skipping"; exit 0; fi
+    cargo run --quiet --bin gateway-sim -- backfill --days {{days}}
+
+# Start the simulated gateways in the background (stopped by stack-down).
+simulate-start:
+    scripts/stack.sh sim
+
+# Run simulated gateways in the foreground: `just simulate --gateways 5 --duration-s 60`.
+simulate *args:
+    source scripts/env.sh && cargo run --quiet --bin gateway-sim -- run "$@"
 
 # ---- stack -------------------------------------------------------------------------
 
@@ -88,6 +105,19 @@ test *args:
 # Line coverage of the whole suite against the running stack (installs cargo-llvm-cov on first use).
 coverage:
     scripts/coverage.sh
+
+# ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
+
+# Every benchmark.
+bench: bench-api bench-telemetry
+
+# The REST api under wrk: reads and writes with 1k to 1M DERs.
+bench-api:
+    scripts/bench-api.sh
+
+# The telemetry pipeline at rising load, a plain COPY of the same rows, and the read API.
+bench-telemetry:
+    scripts/bench-telemetry.sh
 
 # ---- run ---------------------------------------------------------------------------
 

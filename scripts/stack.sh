@@ -16,6 +16,7 @@ die() { say "error: $*"; exit 1; }
 usage() {
   cat >&2 <<'USAGE'
 usage: scripts/stack.sh up [--profile all|dev|testing|audit|messaging] [--native|--docker]
+       scripts/stack.sh sim    simulated gateways for the seeded fleet, in the background
        scripts/stack.sh down | destroy | ps
 
 profiles: all       infrastructure and every service
@@ -197,9 +198,20 @@ cmd_up() {
   say "stack up (profile $profile); 'just stack-ps' shows it, 'just stack-down' stops it"
 }
 
+# The seeded fleet's simulated gateways, live, in the background (no port of their own).
+cmd_sim() {
+  if pid_alive "$S/gateway-sim.pid"; then say "gateway-sim already running"; return; fi
+  cargo build --quiet --bin gateway-sim
+  nohup setsid target/debug/gateway-sim run --report-every-s 60 >"$S/gateway-sim.log" 2>&1 < /dev/null &
+  echo $! >"$S/gateway-sim.pid"
+  sleep 3
+  pid_alive "$S/gateway-sim.pid" || { tail -n 20 "$S/gateway-sim.log" >&2; die "gateway-sim exited; see $S/gateway-sim.log"; }
+  say "gateway-sim streaming the seeded fleet (log: $S/gateway-sim.log)"
+}
+
 cmd_down() {
   if docker_up && [ -n "$(docker compose -p pmcore ps -q 2>/dev/null)" ]; then docker compose -p pmcore --profile all down; fi
-  for svc in der-gateway-relay messaging audit-log bucket-watcher scheduler worker api smtp-sink s3s-fs tansu; do
+  for svc in gateway-sim der-gateway-relay messaging audit-log bucket-watcher scheduler worker api smtp-sink s3s-fs tansu; do
     stop_bg "$svc"
   done
   pg_down
@@ -236,6 +248,9 @@ cmd_ps() {
     if [ "$pid" != - ] && curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz"; then status=healthy; fi
     row "$svc" "127.0.0.1:$port" "$pid" "$status"
   done
+  local sim_status="not started" sim_pid=-
+  pid_alive "$S/gateway-sim.pid" && sim_pid="$(cat "$S/gateway-sim.pid")" && sim_status=running
+  row gateway-sim "-> 127.0.0.1:3005" "$sim_pid" "$sim_status"
 }
 
 case "${1:-}" in
@@ -243,5 +258,6 @@ case "${1:-}" in
   down) cmd_down ;;
   destroy) cmd_destroy ;;
   ps) cmd_ps ;;
+  sim) cmd_sim ;;
   *) usage ;;
 esac
