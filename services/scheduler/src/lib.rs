@@ -2,6 +2,7 @@
 //! does the work, the others wait to take over.
 
 mod leader;
+pub mod partitions;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -30,6 +31,14 @@ pub struct Config {
         default_value_t = 2000
     )]
     pub leader_poll_ms: u64,
+
+    /// Days of raw telemetry (and its rollups) kept; older days are dropped whole.
+    #[arg(
+        long = "telemetry-retention-days",
+        env = "PMCORE_SCHEDULER_TELEMETRY_RETENTION_DAYS",
+        default_value_t = 400
+    )]
+    pub telemetry_retention_days: i32,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -86,12 +95,23 @@ impl Service for App {
             Duration::from_millis(self.config.leader_poll_ms),
             cancel.clone(),
         );
+        let partitions = partitions::maintain(
+            self.platform.pool.clone(),
+            self.leadership.clone(),
+            self.config.telemetry_retention_days.max(1),
+            Duration::from_secs(3600),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
                 Box::pin(elect),
+                Box::pin(async move {
+                    partitions.await;
+                    Ok(())
+                }),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

@@ -8,6 +8,7 @@ async fn scheduler(db: &TestDb, prefix: &str) -> (Running, Leadership) {
     let config = Config {
         listen: ([127, 0, 0, 1], 0).into(),
         leader_poll_ms: 200,
+        telemetry_retention_days: 400,
         database: db.config(),
         kafka: kafka(prefix),
     };
