@@ -60,7 +60,7 @@ target/release/seed --api "$api" --ders-per-aggregator 0 --gateways-per-aggregat
 target/release/gateway-sim provision --api "$api" --credentials "$dir/credentials.json" \
   --fleet "$dir/fleet.json" --count "$GATEWAYS" --ders-per-gateway "$DERS_PER_GATEWAY" --label bench 2>&1 | tail -1
 
-sql() { psql -Atq "$db_url" -c "$1"; }
+sql() { PGOPTIONS='-c client_min_messages=warning' psql -Atq "$db_url" -c "$1"; }
 cpu_of() { # cpu_of PID...: CPU seconds (user + system) of the processes
   local total=0 pid
   for pid in "$@"; do
@@ -82,12 +82,13 @@ for interval in $STEPS; do
   # shellcheck disable=SC2086
   before_tansu=$(cpu_of $tansu_pids); before_pg=$(cpu_of $pg_pids)
   started=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
+  last_started=$started
   TIMEFORMAT='%U %S'
   { time target/release/gateway-sim run --relay "ws://127.0.0.1:$relay_port/v1/gateway" --fleet "$dir/fleet.json" \
       --reading-interval-ms "$interval" --batch-interval-ms 1000 --duration-s "$SECONDS_PER_STEP" \
       --report-every-s 10 >"$dir/summary-$interval.json" 2>"$dir/sim-$interval.log"; } 2>"$dir/sim-time-$interval"
   summary=$(cat "$dir/summary-$interval.json")
-  sim_cpu=$(awk '{printf "%d", $1 + $2}' "$dir/sim-time-$interval")
+  sim_cpu=$(awk '{printf "%.0f", $1 + $2}' "$dir/sim-time-$interval")
   acked=$(echo "$summary" | python3 -c 'import json,sys; print(json.load(sys.stdin)["acked"])')
   secs=$(echo "$summary" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["seconds"], 1))')
   # Everything acknowledged must reach Postgres.
@@ -114,7 +115,7 @@ for interval in $STEPS; do
 done
 
 say "plain COPY of the last step's rows into the same table"
-last_from=$(sql "select min(ts) from pm.telemetry where ts >= now() - interval '${SECONDS_PER_STEP} seconds' - interval '30 seconds'")
+last_from=$last_started
 copy_rows=$(sql "select count(*) from pm.telemetry where ts >= '$last_from'")
 psql -Atq "$db_url" -c "\\copy (select der_id, ts, power_kw, soc_pct, received_at from pm.telemetry where ts >= '$last_from') to '$dir/rows.csv' csv"
 sql "delete from pm.telemetry where ts >= '$last_from'" >/dev/null

@@ -21,14 +21,17 @@ use rdkafka::{ClientConfig, producer::FutureProducer};
 /// An idempotent producer (`enable.idempotence=true`, `acks=all`): retries cannot
 /// duplicate or reorder records within a partition.
 pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer<KafkaContext>> {
-    let producer = config
-        .client_config()
-        .set("enable.idempotence", "true")
+    Ok(idempotent_producer_config(config).create_with_context(KafkaContext::default())?)
+}
+
+/// The settings of [`idempotent_producer`], for a producer that needs a few more.
+pub fn idempotent_producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = config.client_config();
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", config.message_timeout_ms.to_string())
-        .create_with_context(KafkaContext::default())?;
-    Ok(producer)
+        .set("message.timeout.ms", config.message_timeout_ms.to_string());
+    c
 }
 
 /// Readiness: the broker answers a metadata request.

@@ -160,12 +160,16 @@ impl Service for App {
     }
 }
 
-/// Telemetry goes straight to the broker: idempotent, and batched for throughput
-/// (the gateway waits for the ack anyway, 5 ms of linger costs it nothing).
+/// Telemetry goes straight to the broker: idempotent, batched for throughput (the
+/// gateway waits for the ack anyway, a few ms of linger cost it nothing), and with a
+/// bounded queue: when the broker is slow, gateways are told to resend
+/// (`unavailable`) instead of the relay buffering up to librdkafka's default 1 GiB.
 fn telemetry_producer(
     config: &KafkaConfig,
 ) -> anyhow::Result<rdkafka::producer::FutureProducer<pmcore_kafka::KafkaContext>> {
-    pmcore_kafka::idempotent_producer(config)
+    Ok(pmcore_kafka::idempotent_producer_config(config)
+        .set("queue.buffering.max.kbytes", "131072")
+        .create_with_context(pmcore_kafka::KafkaContext::default())?)
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
