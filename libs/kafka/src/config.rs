@@ -59,6 +59,13 @@ impl KafkaConfig {
         format!("{}{logical}", self.topic_prefix)
     }
 
+    /// The consumer group id of a logical group. Prefixed like topics: deployments
+    /// (and tests) sharing a broker must not share groups either, or one's members
+    /// take part in the other's rebalances.
+    pub fn group(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
     /// The dead-letter topic of a topic (physical name) for a consumer group.
     pub fn dead_letter_topic(physical_topic: &str, group: &str) -> String {
         format!("{physical_topic}.dlq.{group}")

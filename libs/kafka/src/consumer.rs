@@ -97,7 +97,7 @@ pub fn subscribe(
 ) -> anyhow::Result<StreamConsumer<KafkaContext>> {
     let consumer: StreamConsumer<KafkaContext> = config
         .client_config()
-        .set("group.id", group)
+        .set("group.id", config.group(group))
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored by hand, after the database commit.
