@@ -13,6 +13,16 @@ use uuid::Uuid;
 
 use crate::api::{Api, Credentials};
 
+/// The DER types the seed and the simulator cycle through.
+pub const DER_TYPES: [&str; 6] = [
+    "battery",
+    "thermostat",
+    "ev_charger",
+    "solar_pv",
+    "water_heater",
+    "ci_load",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimDer {
     pub id: Uuid,
@@ -111,14 +121,6 @@ impl Fleet {
             .first()
             .context("no aggregator credentials; run `just seed-database` first")?;
         let api = Api::login(api_base, &client.client_id, &client.client_secret).await?;
-        let types = [
-            "battery",
-            "thermostat",
-            "ev_charger",
-            "solar_pv",
-            "water_heater",
-            "ci_load",
-        ];
         let mut fleet = Fleet::default();
         for g in 0..gateways {
             let created = api
@@ -135,7 +137,7 @@ impl Fleet {
                     .iter()
                     .map(|i| {
                         json!({
-                            "der_type": types[i % types.len()],
+                            "der_type": DER_TYPES[i % DER_TYPES.len()],
                             "nameplate_kw": 5.0 + (i % 7) as f64,
                             "gateway_id": id,
                             "external_id": format!("{label}-{g:04}-{i:05}"),

@@ -10,7 +10,7 @@ use std::{collections::HashSet, path::PathBuf};
 use clap::Parser;
 use serde_json::{Value, json};
 
-use pmcore_seed::api::Api;
+use pmcore_seed::{api::Api, fleet::DER_TYPES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,14 +42,6 @@ const AGGREGATORS: [(&str, &str); 2] = [
     ("VoltShift Energy", "voltshift"),
 ];
 const FEEDERS: usize = 20;
-const DER_TYPES: [&str; 6] = [
-    "battery",
-    "thermostat",
-    "ev_charger",
-    "solar_pv",
-    "water_heater",
-    "ci_load",
-];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {

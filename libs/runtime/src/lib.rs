@@ -12,7 +12,7 @@ pub mod telemetry;
 
 pub use cli::{Service, main};
 pub use health::{Readiness, Step};
-pub use platform::{Platform, supervise};
+pub use platform::{Platform, supervise, task};
 
 /// Makes aws-lc-rs (already in the build for the S3 client) the process's TLS crypto
 /// provider, so every HTTPS client (JWKS, OTLP) uses it and no second crypto library

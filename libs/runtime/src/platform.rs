@@ -102,6 +102,16 @@ impl Platform {
     }
 }
 
+/// A task that ends without failing (a consumer, a sweep), as [`supervise`] takes it.
+pub fn task(
+    future: impl Future<Output = ()> + Send + 'static,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(async move {
+        future.await;
+        Ok(())
+    })
+}
+
 /// Runs a service's tasks side by side. The first that fails cancels the others;
 /// all are awaited, so in-flight work finishes before the service returns.
 pub async fn supervise(

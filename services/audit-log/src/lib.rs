@@ -12,7 +12,7 @@ use pmcore_kafka::{
     KafkaConfig,
     consumer::{self, ConsumerSpec},
 };
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use tokio_util::sync::CancellationToken;
 
 pub use recorder::Recorder;
@@ -88,10 +88,7 @@ impl Service for App {
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
-                Box::pin(async move {
-                    consume.await;
-                    Ok(())
-                }),
+                task(consume),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

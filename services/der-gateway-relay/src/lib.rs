@@ -29,7 +29,7 @@ use pmcore_kafka::{
     KafkaConfig,
     consumer::{self, ConsumerSpec},
 };
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Limits};
@@ -145,14 +145,8 @@ impl Service for App {
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
-                Box::pin(async move {
-                    store_commands.await;
-                    Ok(())
-                }),
-                Box::pin(async move {
-                    listener.await;
-                    Ok(())
-                }),
+                task(store_commands),
+                task(listener),
                 self.platform.serve(routes, readiness, cancel),
             ],
         )

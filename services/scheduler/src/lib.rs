@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use axum::Router;
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use tokio_util::sync::CancellationToken;
 
 pub use leader::Leadership;
@@ -108,10 +108,7 @@ impl Service for App {
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
                 Box::pin(elect),
-                Box::pin(async move {
-                    partitions.await;
-                    Ok(())
-                }),
+                task(partitions),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

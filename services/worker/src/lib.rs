@@ -14,7 +14,7 @@ use pmcore_kafka::{
     KafkaConfig,
     consumer::{self, ConsumerSpec},
 };
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use pmcore_storage::S3Config;
 use tokio_util::sync::CancellationToken;
 
@@ -119,22 +119,10 @@ impl Service for App {
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
                 prepare_buckets(self.s3.clone(), self.config.s3.clone(), cancel.clone()),
-                Box::pin(async move {
-                    eligibility.await;
-                    Ok(())
-                }),
-                Box::pin(async move {
-                    acks.await;
-                    Ok(())
-                }),
-                Box::pin(async move {
-                    telemetry.await;
-                    Ok(())
-                }),
-                Box::pin(async move {
-                    silence.await;
-                    Ok(())
-                }),
+                task(eligibility),
+                task(acks),
+                task(telemetry),
+                task(silence),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )
