@@ -209,3 +209,48 @@ async fn a_reading_beyond_nameplate_is_flagged_once() {
     worker.stop().await.expect("worker stops");
     relay.stop().await.expect("relay stops");
 }
+
+#[tokio::test]
+async fn a_silent_gateway_is_flagged_once_and_marked_offline() {
+    let env = Env::new().await;
+    let spec = env.gateway(1).await;
+    let quiet_since = Utc::now() - chrono::Duration::minutes(10);
+    sqlx::query(
+        "update pm.gateway set online = true, last_seen_at = $2, session_id = $3 where id = $1",
+    )
+    .bind(spec.id)
+    .bind(quiet_since)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&env.db.pool)
+    .await
+    .expect("a gateway last heard 10 minutes ago");
+    let fresh = env.gateway(1).await;
+    sqlx::query("update pm.gateway set online = true, last_seen_at = now() where id = $1")
+        .bind(fresh.id)
+        .execute(&env.db.pool)
+        .await
+        .expect("a gateway heard just now");
+
+    let flagged = pmcore_worker::anomalies::sweep_silence(&env.db.pool, 300)
+        .await
+        .expect("sweep");
+    assert_eq!(flagged, 1, "only the silent one");
+    assert_eq!(
+        pmcore_worker::anomalies::sweep_silence(&env.db.pool, 300)
+            .await
+            .expect("again"),
+        0,
+        "once per silence"
+    );
+    let (gateway, online): (Option<uuid::Uuid>, bool) = sqlx::query_as(
+        "select a.gateway_id, g.online from pm.telemetry_anomaly a join pm.gateway g on g.id = a.gateway_id
+         where a.kind = 'gateway_silent'",
+    )
+    .fetch_one(&env.db.pool)
+    .await
+    .expect("one flag");
+    assert_eq!(gateway, Some(spec.id));
+    assert!(!online, "marked offline");
+    // The flag and the disconnect are both on their way through the outbox.
+    assert_eq!(env.scalar_i64("select count(*) from pm.outbox").await, 2);
+}
