@@ -255,10 +255,18 @@ async fn run(
             }
         }
     }
+    let mut refused = 0;
     while let Some(joined) = tasks.join_next().await {
         if let Ok(Err(error)) = joined {
+            refused += 1;
             eprintln!("gateway-sim: {error}");
         }
+    }
+    if refused > 0 {
+        eprintln!(
+            "gateway-sim: {refused} gateways refused; a fleet file from an older database? \
+             delete it (seed/out/gateways.json) to take the gateways from the API again"
+        );
     }
     let secs = started.elapsed().as_secs_f64();
     let summary = serde_json::json!({
