@@ -221,6 +221,8 @@ cmd_destroy() {
   cmd_down
   if docker_up; then docker compose -p pmcore --profile all down -v; fi
   rm -rf "$S" && say "removed $S"
+  # The simulator's gateway secrets belong to the database just removed.
+  rm -f seed/out/gateways.json
 }
 
 row() { printf '%-18s %-24s %-8s %s\n' "$@"; }
