@@ -203,3 +203,44 @@ async fn anomalies_are_listed_for_their_organization() {
     let (status, _) = get(&api, &owner.token, "/v1/telemetry/anomalies?kind=bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_program_aggregates_its_approved_ders_only() {
+    let api = spawn_app().await;
+    let manager = api.program_manager().await;
+    let owner = api.caller("aggregator", &["aggregator"]).await;
+    let program: Value = api
+        .post("/v1/programs", &manager, &crate::helpers::program_in())
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let program = program["id"].as_str().expect("id").to_owned();
+    for status in ["approved", "rejected"] {
+        let id = der(&api, &owner.token, "F-1").await;
+        two_hours(&api, &id).await;
+        sqlx::query(
+            "insert into pm.enrollment (id, program_id, der_id, organization_id, committed_kw, status)
+             values ($1, $2::uuid, $3::uuid, $4, 5, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(&program)
+        .bind(&id)
+        .bind(owner.organization_id)
+        .bind(status)
+        .execute(&api.db.pool)
+        .await
+        .expect("enrollment");
+    }
+    let (status, body) = get(
+        &api,
+        &manager,
+        &format!("/v1/telemetry/aggregate?program_id={program}&from=2026-01-05T00:00:00Z&to=2026-01-05T01:00:00Z&resolution=1h"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ders"], 1, "the rejected DER is not in the program");
+    assert_eq!(body["points"][0]["total_kw"], 29.5);
+}
