@@ -32,6 +32,8 @@ pub enum Wake {
     Commands,
     /// The same gateway opened a newer session on this instance.
     Replaced,
+    /// The gateway's secret was rotated: the session was opened with the old one.
+    SecretRotated,
 }
 
 #[derive(Debug)]

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod hub;
 pub mod presence;
 pub mod protocol;
+pub mod rotations;
 pub mod session;
 pub mod telemetry;
 
@@ -108,7 +109,11 @@ impl Service for App {
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let readiness = self.platform.readiness();
+        let rotations_ready = pmcore_runtime::Step::default();
+        let readiness = self
+            .platform
+            .readiness()
+            .step("rotations", &rotations_ready);
         let limits = Limits {
             max_frame_bytes: self.config.max_frame_bytes,
             frames_per_second: self.config.frames_per_second,
@@ -137,6 +142,7 @@ impl Service for App {
             cancel.clone(),
         );
         let listener = commands::listen(hub.clone());
+        let rotations = rotations::watch(hub.clone(), rotations_ready);
         let routes = Router::new()
             .route("/v1/gateway", get(upgrade))
             .with_state(hub);
@@ -147,6 +153,7 @@ impl Service for App {
                 self.platform.outbox_relay(cancel.clone()),
                 task(store_commands),
                 task(listener),
+                task(rotations),
                 self.platform.serve(routes, readiness, cancel),
             ],
         )

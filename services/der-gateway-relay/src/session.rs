@@ -45,14 +45,14 @@ struct Ending {
 pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let hello = tokio::time::timeout(hub.limits.hello_timeout, stream.next()).await;
-    let (gateway_id, secret, firmware) = match hello {
+    let (gateway_id, secret, firmware, claimed) = match hello {
         Ok(Some(Ok(Message::Text(text)))) => match protocol::parse(&text) {
             Ok(GatewayFrame::Hello {
                 gateway_id,
                 secret,
                 firmware,
-                ..
-            }) => (gateway_id, secret, firmware),
+                ders,
+            }) => (gateway_id, secret, firmware, ders),
             _ => {
                 refuse(
                     &mut sink,
@@ -136,7 +136,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         last_seen_recorded: Instant::now(),
         in_flight: FuturesOrdered::new(),
     };
-    let ending = session.serve(&mut stream, wake).await;
+    let ending = session.serve(&mut stream, wake, &claimed).await;
     if let Some(code) = ending.code {
         let _ = send_close(&mut session.sink, code, ending.reason).await;
     }
@@ -174,13 +174,21 @@ impl Session {
         &mut self,
         stream: &mut SplitStream<WebSocket>,
         mut wake: tokio::sync::mpsc::Receiver<Wake>,
+        claimed: &[Uuid],
     ) -> Ending {
         let timeout = self.hub.limits.heartbeat_timeout;
         let welcome = RelayFrame::Welcome {
             session_id: self.session_id,
             server_time: Utc::now(),
             heartbeat_interval_s: (timeout / 3).as_secs().max(1),
-            unknown_ders: Vec::new(),
+            // DERs the gateway says it controls that the platform does not
+            // attribute to it: their readings will be refused.
+            unknown_ders: claimed
+                .iter()
+                .filter(|d| !self.gateway.ders.contains(d))
+                .take(1000)
+                .copied()
+                .collect(),
         };
         if self.send(&welcome).await.is_err() {
             return Ending {
@@ -210,6 +218,10 @@ impl Session {
                     Wake::Replaced => {
                         self.drain().await;
                         return Ending { code: Some(close::POLICY), reason: "replaced_by_new_session" };
+                    }
+                    Wake::SecretRotated => {
+                        self.drain().await;
+                        return Ending { code: Some(close::POLICY), reason: "secret_rotated" };
                     }
                 },
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {

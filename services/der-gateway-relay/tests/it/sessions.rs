@@ -259,3 +259,63 @@ async fn presence_follows_the_session_and_the_heartbeat_timeout() {
     assert!(last_seen.is_some());
     relay.stop().await.expect("stops");
 }
+
+#[tokio::test]
+async fn welcome_names_the_ders_the_gateway_does_not_control() {
+    use futures::StreamExt;
+    let env = Env::new().await;
+    let relay = env.relay().await;
+    let spec = env.gateway(1).await;
+    let stranger = Uuid::now_v7();
+    let (mut socket, _) = tokio_tungstenite::connect_async(url(&relay))
+        .await
+        .expect("connected");
+    send(
+        &mut socket,
+        &GatewayFrame::Hello {
+            gateway_id: spec.id,
+            secret: spec.secret.clone(),
+            firmware: Some("3.1".into()),
+            ders: vec![spec.ders[0].id, stranger],
+        },
+    )
+    .await;
+    let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = socket.next().await else {
+        panic!("no welcome");
+    };
+    match serde_json::from_str::<RelayFrame>(&text).expect("frame") {
+        RelayFrame::Welcome { unknown_ders, .. } => assert_eq!(unknown_ders, vec![stranger]),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    let firmware: Option<String> =
+        sqlx::query_scalar("select firmware from pm.gateway where id = $1")
+            .bind(spec.id)
+            .fetch_one(&env.db.pool)
+            .await
+            .expect("gateway");
+    assert_eq!(
+        firmware.as_deref(),
+        Some("3.1"),
+        "hello records the firmware"
+    );
+    relay.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn rotating_the_secret_ends_the_session_opened_with_the_old_one() {
+    let env = Env::new().await;
+    let relay = env.relay().await;
+    let spec = env.gateway(1).await;
+    let mut socket = raw_session(&url(&relay), &spec).await;
+    let event = pmcore_events::domain::GatewaySecretRotated {
+        gateway_id: spec.id.to_string(),
+        organization_id: Uuid::nil().to_string(),
+        rotated_at: Utc::now().timestamp_micros(),
+    };
+    let mut conn = env.db.pool.acquire().await.expect("connection");
+    pmcore_kafka::outbox::enqueue(&mut conn, &event, &Default::default())
+        .await
+        .expect("enqueued");
+    assert_eq!(close_code(&mut socket).await, Some(1008));
+    relay.stop().await.expect("stops");
+}
