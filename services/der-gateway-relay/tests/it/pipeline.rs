@@ -254,3 +254,58 @@ async fn a_silent_gateway_is_flagged_once_and_marked_offline() {
     // The flag and the disconnect are both on their way through the outbox.
     assert_eq!(env.scalar_i64("select count(*) from pm.outbox").await, 2);
 }
+
+#[tokio::test]
+async fn gateways_ride_out_a_relay_restart_without_losing_a_reading() {
+    let env = Env::new().await;
+    let port = pmcore_testkit::free_port();
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let relay = env.relay_with(|c| c.listen = listen).await;
+    let worker = env.worker().await;
+    let stats = Arc::new(Stats::default());
+    let cancel = CancellationToken::new();
+    let spec = env.gateway(10).await;
+    let task = simulate(
+        spec,
+        crate::helpers::ws_url(listen),
+        stats.clone(),
+        cancel.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    relay.stop().await.expect("relay stops");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let relay = env.relay_with(|c| c.listen = listen).await;
+    eventually(
+        Duration::from_secs(30),
+        "the gateway back and acknowledged",
+        || {
+            let stats = stats.clone();
+            async move {
+                (stats.connects.load(Relaxed) >= 2 && stats.acked.load(Relaxed) > 500).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cancel.cancel();
+    task.await.expect("joined").expect("clean stop");
+    let acked = stats.acked.load(Relaxed) as i64;
+    assert_eq!(
+        acked,
+        stats.generated.load(Relaxed) as i64,
+        "everything generated was acknowledged in the end"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "every acknowledged reading stored",
+        || {
+            let env = &env;
+            async move {
+                (env.scalar_i64("select count(*) from pm.telemetry").await == acked).then_some(())
+            }
+        },
+    )
+    .await;
+    worker.stop().await.expect("worker stops");
+    relay.stop().await.expect("relay stops");
+}
