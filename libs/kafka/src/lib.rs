@@ -34,6 +34,20 @@ pub fn idempotent_producer_config(config: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Kafka record headers from name/value pairs (CloudEvents attributes and the like).
+pub fn record_headers<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> rdkafka::message::OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(rdkafka::message::Header {
+                key: k.as_ref(),
+                value: Some(v.as_ref().as_bytes()),
+            })
+        })
+}
+
 /// Readiness: the broker answers a metadata request.
 pub async fn ping(config: &KafkaConfig) -> anyhow::Result<()> {
     let client_config: ClientConfig = config.client_config();

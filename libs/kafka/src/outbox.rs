@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use pmcore_events::{DomainEvent, Envelope, avro};
-use rdkafka::{
-    message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
@@ -170,12 +167,7 @@ impl OutboxRelay {
         // idempotent producer keeps them in order per partition.
         let mut receivers = Vec::with_capacity(pending.len());
         for p in &pending {
-            let headers = p.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                })
-            });
+            let headers = crate::record_headers(p.headers.iter().map(|(k, v)| (k, v)));
             let record = FutureRecord::to(&p.topic)
                 .key(&p.key)
                 .payload(&p.payload)

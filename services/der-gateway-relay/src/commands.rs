@@ -14,11 +14,7 @@ use pmcore_events::{
     domain::{DerCommand, DerCommandAck},
 };
 use pmcore_kafka::consumer::{Handler, HandlerError, Incoming};
-use rdkafka::{
-    message::{Header, OwnedHeaders},
-    producer::FutureRecord,
-    util::Timeout,
-};
+use rdkafka::{message::OwnedHeaders, producer::FutureRecord, util::Timeout};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use uuid::Uuid;
 
@@ -242,13 +238,7 @@ pub fn record_parts<E: DomainEvent>(
 ) -> anyhow::Result<(String, String, OwnedHeaders, Vec<u8>)> {
     let principal = format!("gateway:{gateway_id}");
     let envelope = Envelope::for_event(event, "der-gateway-relay", Some(principal));
-    let mut headers = OwnedHeaders::new();
-    for (key, value) in envelope.to_headers() {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
-    }
+    let headers = pmcore_kafka::record_headers(envelope.to_headers());
     let payload = pmcore_events::avro::encode(event)?;
     Ok((
         hub.kafka.topic(E::TYPE.topic.name),
