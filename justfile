@@ -113,7 +113,7 @@ coverage:
 # ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
 
 # Every benchmark.
-bench: bench-api bench-telemetry
+bench: bench-api bench-telemetry bench-dispatch
 
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
@@ -122,6 +122,10 @@ bench-api:
 # The telemetry pipeline at rising load, a plain COPY of the same rows, and the read API.
 bench-telemetry:
     scripts/bench-telemetry.sh
+
+# One dispatch event over 10,000 simulated DERs: start to commands stored, delivered, applied.
+bench-dispatch:
+    scripts/bench-dispatch.sh
 
 # ---- run ---------------------------------------------------------------------------
 

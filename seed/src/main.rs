@@ -59,8 +59,12 @@ async fn main() -> anyhow::Result<()> {
         let gateways = seed_gateways(&participant, cli.gateways_per_aggregator, slug).await?;
         let ders = seed_ders(&participant, &gateways, cli.ders_per_aggregator, slug).await?;
         seed_enrollments(&participant, &programs.0, &ders, slug).await?;
+        // Every other DER also in the running program, so events can be scheduled.
+        let half: Vec<Value> = ders.iter().step_by(2).cloned().collect();
+        seed_enrollments(&participant, &programs.1, &half, slug).await?;
     }
     credentials.save(&cli.credentials)?;
+    seed_event(&admin, &programs.1).await?;
     eprintln!(
         "seed: done; aggregator credentials in {}",
         cli.credentials.display()
@@ -68,16 +72,77 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One upcoming event in the running program (tomorrow 17:00–19:00 in the
+/// program's time zone, 500 kW), once the worker has activated some enrollments.
+async fn seed_event(admin: &Api, program: &str) -> anyhow::Result<()> {
+    let events = admin
+        .all(&format!("/v1/dispatch-events?program_id={program}"))
+        .await?;
+    if events.iter().any(|e| e["status"] == "scheduled") {
+        eprintln!("seed: an upcoming event exists");
+        return Ok(());
+    }
+    if admin
+        .all(&format!("/v1/enrollments?program_id={program}"))
+        .await?
+        .is_empty()
+    {
+        eprintln!("seed: no enrollments in the running program; no event scheduled");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let active = admin
+            .all(&format!(
+                "/v1/enrollments?program_id={program}&status=active"
+            ))
+            .await?
+            .len();
+        if active > 0 {
+            eprintln!("seed: {active} active enrollments in the running program");
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no enrollment in the running program became active within 2 minutes; is the worker running?"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let zone = chrono_tz::America::Los_Angeles;
+    let tomorrow = chrono::Utc::now().with_timezone(&zone).date_naive() + chrono::Days::new(1);
+    let at = |hour: u32| {
+        tomorrow
+            .and_hms_opt(hour, 0, 0)
+            .and_then(|t| t.and_local_timezone(zone).earliest())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok_or_else(|| anyhow::anyhow!("no local {hour}:00 tomorrow"))
+    };
+    let event = admin
+        .post(
+            "/v1/dispatch-events",
+            &json!({"program_id": program, "starts_at": at(17)?, "ends_at": at(19)?,
+                    "target_kw": 500.0, "signal": "curtail_kw", "signal_value": 500.0}),
+        )
+        .await?;
+    eprintln!(
+        "seed: event {} scheduled for tomorrow 17:00-19:00 (America/Los_Angeles)",
+        event["id"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
 /// Three programs; the first open and taking enrollments, the second active, the third a draft.
 async fn seed_programs(admin: &Api) -> anyhow::Result<(String, String, String)> {
+    // (name, kind, status, minutes of notice): the running program takes events at
+    // two minutes' notice, so a newcomer can watch one run.
     let specs = [
-        ("Summer Peak Demand Response", "demand_response", "open"),
-        ("Winter Capacity 2027", "capacity", "active"),
-        ("Feeder Flexibility Pilot", "flexibility", "draft"),
+        ("Summer Peak Demand Response", "demand_response", "open", 60),
+        ("Winter Capacity 2027", "capacity", "active", 2),
+        ("Feeder Flexibility Pilot", "flexibility", "draft", 60),
     ];
     let existing = admin.all("/v1/programs").await?;
     let mut ids = Vec::new();
-    for (name, kind, status) in specs {
+    for (name, kind, status, notice) in specs {
         let id = match existing.iter().find(|p| p["name"] == name) {
             Some(p) => p["id"].as_str().unwrap_or_default().to_owned(),
             None => {
@@ -87,7 +152,7 @@ async fn seed_programs(admin: &Api) -> anyhow::Result<(String, String, String)> 
                     "capacity_rate_cents_kw_month": 850, "energy_rate_cents_kwh": 25,
                     "baseline_method": "x_of_y_10_10",
                     "eligibility": {"der_types": ["battery", "thermostat", "ev_charger", "water_heater"], "min_nameplate_kw": 1.0, "feeders": []},
-                    "limits": {"max_events_per_season": 20, "max_event_duration_minutes": 240, "min_notice_minutes": 60}
+                    "limits": {"max_events_per_season": 20, "max_event_duration_minutes": 240, "min_notice_minutes": notice}
                 });
                 let created = admin.post("/v1/programs", &body).await?;
                 let id = created["id"].as_str().unwrap_or_default().to_owned();
@@ -182,7 +247,7 @@ async fn seed_ders(
     Ok(ders)
 }
 
-/// Enrolls the eligible DERs (not solar, not C&I) in the open program; the worker decides.
+/// Enrolls the eligible DERs (not solar, not C&I) in a program; the worker decides.
 async fn seed_enrollments(
     api: &Api,
     program: &str,

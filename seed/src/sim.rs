@@ -310,11 +310,7 @@ impl Gateway {
             .filter(|c| c.der_id == der.id && c.kind != "release" && c.start <= ts && ts < c.end)
             .max_by_key(|c| c.start);
         match active {
-            Some(c) if c.kind == "setpoint_kw" => {
-                c.value_kw.clamp(-der.nameplate_kw, der.nameplate_kw)
-            }
-            Some(c) if base > 0.0 => (base - c.value_kw).max(0.0),
-            Some(c) => (base + c.value_kw).min(0.0),
+            Some(c) => respond(kind, der.nameplate_kw, base, &c.kind, c.value_kw),
             None => base,
         }
     }
@@ -479,5 +475,36 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+/// A DER's net power under a command: a load sheds up to `value_kw` (not below
+/// zero), a battery discharges `value_kw` more (down to its nameplate), a setpoint
+/// is held within the nameplate, and solar cannot shed load.
+pub fn respond(kind: Kind, nameplate_kw: f64, base_kw: f64, command: &str, value_kw: f64) -> f64 {
+    match (command, kind) {
+        ("setpoint_kw", _) => value_kw.clamp(-nameplate_kw, nameplate_kw),
+        ("curtail_kw", Kind::Battery) => (base_kw - value_kw).max(-nameplate_kw),
+        ("curtail_kw", Kind::SolarPv) => base_kw,
+        ("curtail_kw", _) if base_kw > 0.0 => (base_kw - value_kw).max(0.0),
+        _ => base_kw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ders_answer_commands_the_way_their_kind_can() {
+        // A 5 kW load at 3.5 kW told to curtail 2: 1.5; told to curtail 5: off.
+        assert_eq!(respond(Kind::CiLoad, 5.0, 3.5, "curtail_kw", 2.0), 1.5);
+        assert_eq!(respond(Kind::CiLoad, 5.0, 3.5, "curtail_kw", 5.0), 0.0);
+        // An idle 5 kW battery curtailing 2 discharges 2; one discharging 4 stops at -5.
+        assert_eq!(respond(Kind::Battery, 5.0, 0.0, "curtail_kw", 2.0), -2.0);
+        assert_eq!(respond(Kind::Battery, 5.0, -4.0, "curtail_kw", 2.0), -5.0);
+        // Solar cannot shed load; a setpoint is held within the nameplate.
+        assert_eq!(respond(Kind::SolarPv, 5.0, -3.0, "curtail_kw", 2.0), -3.0);
+        assert_eq!(respond(Kind::Battery, 5.0, 1.0, "setpoint_kw", -9.0), -5.0);
     }
 }

@@ -2,6 +2,7 @@
 
 mod config;
 pub mod inbox;
+pub mod lock;
 pub mod migrate;
 
 pub use config::DbConfig;

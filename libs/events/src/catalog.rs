@@ -148,6 +148,30 @@ pub static DISPATCH_EVENT_OPTED_OUT: EventType = event_type!(
     "dispatch-event-opted-out.avsc"
 );
 
+pub static DISPATCH_EVENT_REMINDER: EventType = event_type!(
+    "pmcore.dispatch-event.reminder.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-reminder.avsc"
+);
+
+pub static DISPATCH_EVENT_STARTED: EventType = event_type!(
+    "pmcore.dispatch-event.started.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-started.avsc"
+);
+
+pub static DISPATCH_EVENT_COMPLETED: EventType = event_type!(
+    "pmcore.dispatch-event.completed.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-completed.avsc"
+);
+
+pub static DISPATCH_EVENT_MISSED: EventType = event_type!(
+    "pmcore.dispatch-event.missed.v1",
+    DISPATCH_EVENTS,
+    "dispatch-event-missed.avsc"
+);
+
 pub static GATEWAY_CONNECTED: EventType = event_type!(
     "pmcore.gateway.connected.v1",
     GATEWAYS,
@@ -193,6 +217,10 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &DISPATCH_EVENT_SCHEDULED,
     &DISPATCH_EVENT_CANCELLED,
     &DISPATCH_EVENT_OPTED_OUT,
+    &DISPATCH_EVENT_REMINDER,
+    &DISPATCH_EVENT_STARTED,
+    &DISPATCH_EVENT_COMPLETED,
+    &DISPATCH_EVENT_MISSED,
     &GATEWAY_CONNECTED,
     &GATEWAY_DISCONNECTED,
     &TELEMETRY_BATCH,

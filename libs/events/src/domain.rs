@@ -251,6 +251,87 @@ impl DomainEvent for DispatchEventOptedOut {
     }
 }
 
+/// `pmcore.dispatch-event.reminder.v1`: a scheduled event starts in `lead_minutes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventReminder {
+    pub event_id: String,
+    pub program_id: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub lead_minutes: i32,
+    pub target_kw: f64,
+    pub signal: String,
+    pub signal_value: f64,
+}
+
+impl DomainEvent for DispatchEventReminder {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_REMINDER;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
+/// `pmcore.dispatch-event.started.v1`: the scheduler activated the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventStarted {
+    pub event_id: String,
+    pub program_id: String,
+    pub starts_at: i64,
+    pub started_at: i64,
+    pub late_by_ms: i64,
+    pub target_kw: f64,
+    pub allocated_kw: f64,
+    pub participant_count: i32,
+}
+
+impl DomainEvent for DispatchEventStarted {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_STARTED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
+/// `pmcore.dispatch-event.completed.v1`: the event's window ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventCompleted {
+    pub event_id: String,
+    pub program_id: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub completed_at: i64,
+    pub target_kw: f64,
+    pub allocated_kw: f64,
+    pub participant_count: i32,
+}
+
+impl DomainEvent for DispatchEventCompleted {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_COMPLETED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
+/// `pmcore.dispatch-event.missed.v1`: the window passed while no scheduler ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DispatchEventMissed {
+    pub event_id: String,
+    pub program_id: String,
+    pub starts_at: i64,
+    pub ends_at: i64,
+    pub missed_at: i64,
+}
+
+impl DomainEvent for DispatchEventMissed {
+    const TYPE: &'static EventType = &catalog::DISPATCH_EVENT_MISSED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
 /// `pmcore.gateway.connected.v1`: a gateway authenticated to a relay instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayConnected {

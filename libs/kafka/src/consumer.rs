@@ -45,20 +45,76 @@ pub enum HandlerError {
     /// The record can never be processed: dead-letter it and move on.
     #[error("permanent: {0}")]
     Permanent(anyhow::Error),
-    /// Something outside the record failed (database away, deadlock): try again.
+    /// Something outside the record failed and may pass (deadlock, serialization,
+    /// resources): try again, at most [`TRANSIENT_ATTEMPTS`] times, then dead-letter.
     #[error("transient: {0}")]
     Transient(anyhow::Error),
+    /// A dependency cannot be reached (Postgres down, shutting down): try again for
+    /// as long as it takes, since the record is not at fault.
+    #[error("unavailable: {0}")]
+    Unavailable(anyhow::Error),
+}
+
+/// How often a record that fails transiently is tried before it is dead-lettered;
+/// with the capped backoff that is about a minute and a half.
+pub const TRANSIENT_ATTEMPTS: u32 = 20;
+
+/// What a database error says about the record that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database cannot be reached or is shutting down.
+    Unavailable,
+    /// Concurrency or resources; the same statement may pass later.
+    Transient,
+    /// Anything else (bad data, constraint, privilege, syntax): it fails every time.
+    Permanent,
+}
+
+/// Sorts a database error by SQLSTATE class: retry only what can pass later, so one
+/// bad record (a NUL byte, an out-of-range number) cannot wedge a partition.
+pub fn classify(error: &sqlx::Error) -> ErrorClass {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => ErrorClass::Unavailable,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.get(..2).unwrap_or_default() {
+                // connection exception, operator intervention (shutdown, cancel),
+                // system error (I/O)
+                "08" | "57" | "58" => ErrorClass::Unavailable,
+                // serialization failure / deadlock, insufficient resources
+                "40" | "53" => ErrorClass::Transient,
+                // lock not available
+                "55" if code == "55P03" => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            }
+        }
+        _ => ErrorClass::Permanent,
+    }
+}
+
+impl HandlerError {
+    /// Classifies an error from a helper such as `outbox::enqueue`: database errors
+    /// by their class, anything else (an event too large, one that cannot be
+    /// encoded) as permanent.
+    pub fn classify_any(error: anyhow::Error) -> Self {
+        match error.downcast::<sqlx::Error>() {
+            Ok(db) => db.into(),
+            Err(other) => HandlerError::Permanent(other),
+        }
+    }
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        // Integrity violations (SQLSTATE class 23) will fail the same way every time.
-        let permanent = matches!(&error, sqlx::Error::Database(db)
-            if db.code().is_some_and(|c| c.starts_with("23")));
-        if permanent {
-            HandlerError::Permanent(error.into())
-        } else {
-            HandlerError::Transient(error.into())
+        match classify(&error) {
+            ErrorClass::Unavailable => HandlerError::Unavailable(error.into()),
+            ErrorClass::Transient => HandlerError::Transient(error.into()),
+            ErrorClass::Permanent => HandlerError::Permanent(error.into()),
         }
     }
 }
@@ -214,32 +270,41 @@ async fn process<H: Handler>(
     );
     trace::continue_trace(&span, record.envelope.traceparent.as_deref());
     let mut retry = retry_policy();
+    let mut attempts = 0;
     loop {
-        match apply(pool, spec, handler, &record)
+        let (error, again) = match apply(pool, spec, handler, &record)
             .instrument(span.clone())
             .await
         {
             Ok(true) => return Outcome::Applied,
             Ok(false) => return Outcome::Duplicate,
-            Err(HandlerError::Permanent(error)) => {
-                return dead_letter(
-                    config,
-                    &spec.group,
-                    dlq,
-                    message,
-                    &format!("{error:#}"),
-                    cancel,
-                )
-                .await;
-            }
+            Err(HandlerError::Permanent(error)) => (error, false),
             Err(HandlerError::Transient(error)) => {
-                tracing::warn!(error = %format!("{error:#}"), ce_id = %record.envelope.id, "retrying record");
-                metrics::counter!("pmcore_consumer_retries_total", "group" => spec.group.clone())
-                    .increment(1);
-                if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
-                    return Outcome::Abandoned;
+                attempts += 1;
+                if attempts < TRANSIENT_ATTEMPTS {
+                    (error, true)
+                } else {
+                    (error.context(format!("failed {attempts} times")), false)
                 }
             }
+            Err(HandlerError::Unavailable(error)) => (error, true),
+        };
+        if !again {
+            return dead_letter(
+                config,
+                &spec.group,
+                dlq,
+                message,
+                &format!("{error:#}"),
+                cancel,
+            )
+            .await;
+        }
+        tracing::warn!(error = %format!("{error:#}"), ce_id = %record.envelope.id, attempts, "retrying record");
+        metrics::counter!("pmcore_consumer_retries_total", "group" => spec.group.clone())
+            .increment(1);
+        if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
+            return Outcome::Abandoned;
         }
     }
 }

@@ -4,17 +4,37 @@
 //! transaction; [`OutboxRelay`] publishes pending rows in order with an idempotent
 //! producer and deletes them once the broker acknowledged. With the broker down the
 //! table grows and nothing is lost; a crash between publish and delete republishes,
-//! which consumers absorb by deduplicating on `ce_id`.
+//! which consumers absorb by deduplicating on `ce_id`. A row the broker will never
+//! take (too large, refused as invalid) is parked in `pm.outbox_dead` so the rows
+//! behind it flow.
 
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use pmcore_db::lock::SessionLock;
 use pmcore_events::{DomainEvent, Envelope, avro};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord},
+};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::{KafkaConfig, KafkaContext, idempotent_producer, trace};
+
+/// Largest record (payload plus headers) [`enqueue`] accepts. Brokers refuse records
+/// over their `message.max.bytes` (about 1 MB by default, librdkafka's producer
+/// likewise), so an event is refused while its transaction can still roll back.
+pub const MAX_RECORD_BYTES: usize = 512 * 1024;
+
+/// An event too large for the broker; the caller's change should not commit.
+#[derive(Debug, thiserror::Error)]
+#[error("the {ce_type} event is {size} bytes; at most {limit} can be published")]
+pub struct TooLarge {
+    pub ce_type: &'static str,
+    pub size: usize,
+    pub limit: usize,
+}
 
 /// Who publishes and on whose behalf; becomes the CloudEvents `source`, `ce_principal`
 /// and `traceparent` headers (the current span's when not given).
@@ -25,7 +45,8 @@ pub struct EventMeta {
     pub traceparent: Option<String>,
 }
 
-/// Adds an event to the outbox inside the caller's transaction.
+/// Adds an event to the outbox inside the caller's transaction. Fails with
+/// [`TooLarge`] (downcast the error to see it) for a record no broker would take.
 pub async fn enqueue<E: DomainEvent>(
     conn: &mut PgConnection,
     event: &E,
@@ -35,6 +56,20 @@ pub async fn enqueue<E: DomainEvent>(
     envelope.traceparent = meta.traceparent.clone().or_else(trace::current_traceparent);
     let payload = avro::encode(event)?;
     let headers: Vec<(&str, String)> = envelope.to_headers();
+    let size = payload.len()
+        + envelope.subject.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > MAX_RECORD_BYTES {
+        return Err(TooLarge {
+            ce_type: E::TYPE.ce_type,
+            size,
+            limit: MAX_RECORD_BYTES,
+        }
+        .into());
+    }
     sqlx::query("insert into pm.outbox (topic, key, headers, payload) values ($1, $2, $3, $4)")
         .bind(E::TYPE.topic.name)
         .bind(&envelope.subject)
@@ -45,8 +80,10 @@ pub async fn enqueue<E: DomainEvent>(
     Ok(envelope)
 }
 
-/// Any number of processes may run a relay; an advisory lock lets one publish at a
-/// time so records of one key cannot overtake each other.
+/// Any number of processes may run a relay; a session-level advisory lock lets one
+/// publish at a time so records of one key cannot overtake each other. It is held on
+/// a connection that is otherwise idle: no transaction stays open across broker I/O,
+/// so a slow or absent broker never pins vacuum.
 const RELAY_LOCK: i64 = 0x706d_6f75_7462; // "pmoutb"
 
 #[derive(Debug)]
@@ -65,6 +102,15 @@ struct Pending {
     payload: Vec<u8>,
 }
 
+/// What became of one batch.
+#[derive(Debug, Default)]
+struct Published {
+    sent: usize,
+    parked: usize,
+    /// A failure that may pass (broker away, timeout): the unsent rows stay.
+    transient: Option<String>,
+}
+
 impl OutboxRelay {
     pub fn new(pool: PgPool, config: KafkaConfig) -> Self {
         Self {
@@ -79,40 +125,60 @@ impl OutboxRelay {
     /// retried with capped backoff; they never end the loop.
     pub async fn run(self, cancel: CancellationToken) {
         let mut producer = None;
+        let mut lock: Option<SessionLock> = None;
         let mut retry = crate::retry_policy();
         let mut last_depth = Instant::now() - Duration::from_secs(60);
         loop {
-            let producer_ref = match &producer {
-                Some(p) => p,
-                None => match idempotent_producer(&self.config) {
-                    Ok(p) => producer.insert(p),
+            if lock.is_none() {
+                lock = match SessionLock::try_take(&self.pool, RELAY_LOCK).await {
+                    Ok(held) => held,
+                    Err(error) => {
+                        tracing::debug!(%error, "outbox relay needs Postgres");
+                        None
+                    }
+                };
+            }
+            let wait = match (&mut lock, &producer) {
+                // Another process publishes; stand by.
+                (None, _) => self.idle_wait * 10,
+                (Some(_), None) => match idempotent_producer(&self.config) {
+                    Ok(p) => {
+                        producer = Some(p);
+                        continue;
+                    }
                     Err(error) => {
                         tracing::error!(%error, "cannot create outbox producer");
-                        if sleep_or_cancel(&cancel, Duration::from_secs(5)).await {
-                            return;
-                        }
-                        continue;
+                        Duration::from_secs(5)
                     }
                 },
-            };
-            let wait = match self.publish_batch(producer_ref).await {
-                Ok(n) => {
-                    retry = crate::retry_policy();
-                    if n as i64 == self.batch_size {
-                        continue;
+                (Some(conn), Some(p)) => match self.publish_batch(conn, p).await {
+                    Ok(done) if done.transient.is_none() => {
+                        retry = crate::retry_policy();
+                        if (done.sent + done.parked) as i64 == self.batch_size {
+                            continue;
+                        }
+                        self.idle_wait
                     }
-                    self.idle_wait
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "outbox publish failed; will retry");
-                    metrics::counter!("pmcore_outbox_publish_failures_total").increment(1);
-                    // After timed-out deliveries an idempotent producer's sequence numbers
-                    // may no longer match the broker's, which then rejects every later
-                    // batch (seen with tansu). A fresh producer gets a fresh producer id;
-                    // the rows are still in the outbox and consumers absorb duplicates.
-                    producer = None;
-                    retry.next().unwrap_or(crate::MAX_BACKOFF)
-                }
+                    Ok(done) => {
+                        let error = done.transient.unwrap_or_default();
+                        tracing::warn!(%error, "outbox publish failed; will retry");
+                        metrics::counter!("pmcore_outbox_publish_failures_total").increment(1);
+                        // After timed-out deliveries an idempotent producer's sequence
+                        // numbers may no longer match the broker's, which then rejects
+                        // every later batch (seen with tansu). A fresh producer gets a
+                        // fresh producer id; the rows are still in the outbox and
+                        // consumers absorb duplicates.
+                        producer = None;
+                        retry.next().unwrap_or(crate::MAX_BACKOFF)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay lost Postgres; will retry");
+                        // The connection may be broken or mid-statement: dropping
+                        // the lock closes it, which frees the lock for another relay.
+                        lock = None;
+                        retry.next().unwrap_or(crate::MAX_BACKOFF)
+                    }
+                },
             };
             if last_depth.elapsed() > Duration::from_secs(5) {
                 last_depth = Instant::now();
@@ -121,50 +187,47 @@ impl OutboxRelay {
                 }
             }
             if sleep_or_cancel(&cancel, wait).await {
-                return;
+                break;
             }
+        }
+        if let Some(lock) = lock {
+            lock.release().await;
         }
     }
 
-    /// Publishes one batch in id order and deletes what the broker acknowledged.
-    /// Returns how many rows were published.
+    /// Publishes one batch in id order, deletes what the broker acknowledged and
+    /// parks what it refused for good. Errs only when Postgres fails.
     async fn publish_batch(
         &self,
+        conn: &mut PgConnection,
         producer: &FutureProducer<KafkaContext>,
-    ) -> anyhow::Result<usize> {
-        let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(0);
-        }
+    ) -> anyhow::Result<Published> {
         let rows = sqlx::query(
             "select id, topic, key, headers, payload from pm.outbox order by id limit $1",
         )
         .bind(self.batch_size)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let pending = rows
-            .into_iter()
-            .map(|row| {
-                let headers: serde_json::Value = row.try_get("headers")?;
-                Ok(Pending {
-                    id: row.try_get("id")?,
+        let mut pending = Vec::with_capacity(rows.len());
+        let mut refused: Vec<(i64, String)> = Vec::new();
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let parsed = serde_json::from_value(row.try_get("headers")?);
+            match parsed {
+                Ok(headers) => pending.push(Pending {
+                    id,
                     topic: self.config.topic(row.try_get::<&str, _>("topic")?),
                     key: row.try_get("key")?,
-                    headers: serde_json::from_value(headers)?,
+                    headers,
                     payload: row.try_get("payload")?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+                }),
+                Err(error) => refused.push((id, format!("unreadable headers: {error}"))),
+            }
+        }
 
         // Enqueue every record before awaiting any, so the batch is pipelined; the
         // idempotent producer keeps them in order per partition.
+        let mut done = Published::default();
         let mut receivers = Vec::with_capacity(pending.len());
         for p in &pending {
             let headers = crate::record_headers(p.headers.iter().map(|(k, v)| (k, v)));
@@ -173,27 +236,91 @@ impl OutboxRelay {
                 .payload(&p.payload)
                 .headers(headers);
             match producer.send_result(record) {
-                Ok(receiver) => receivers.push(receiver),
-                Err((error, _)) => anyhow::bail!("enqueueing for the broker: {error}"),
+                Ok(receiver) => receivers.push((p.id, receiver)),
+                Err((error, _)) if never_accepted(&error) => {
+                    refused.push((p.id, error.to_string()));
+                }
+                Err((error, _)) => {
+                    done.transient = Some(format!("enqueueing for the broker: {error}"));
+                    break;
+                }
             }
         }
-        for result in join_all(receivers).await {
+        let (ids, receivers): (Vec<i64>, Vec<_>) = receivers.into_iter().unzip();
+        let mut acked = Vec::with_capacity(ids.len());
+        for (id, result) in ids.into_iter().zip(join_all(receivers).await) {
             match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((error, _))) => anyhow::bail!("broker did not acknowledge: {error}"),
-                Err(_) => anyhow::bail!("producer dropped a delivery"),
+                Ok(Ok(_)) => acked.push(id),
+                Ok(Err((error, _))) if never_accepted(&error) => {
+                    refused.push((id, error.to_string()));
+                }
+                Ok(Err((error, _))) => {
+                    done.transient
+                        .get_or_insert_with(|| format!("broker did not acknowledge: {error}"));
+                }
+                Err(_) => {
+                    done.transient
+                        .get_or_insert_with(|| "producer dropped a delivery".to_owned());
+                }
             }
         }
-        let ids: Vec<i64> = pending.iter().map(|p| p.id).collect();
-        sqlx::query("delete from pm.outbox where id = any($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        metrics::counter!("pmcore_outbox_published_total").increment(ids.len() as u64);
-        tracing::debug!(count = ids.len(), "outbox batch published");
-        Ok(ids.len())
+        if !acked.is_empty() {
+            sqlx::query("delete from pm.outbox where id = any($1)")
+                .bind(&acked)
+                .execute(&mut *conn)
+                .await?;
+            metrics::counter!("pmcore_outbox_published_total").increment(acked.len() as u64);
+            tracing::debug!(count = acked.len(), "outbox batch published");
+        }
+        if !refused.is_empty() {
+            park(conn, &refused).await?;
+        }
+        done.sent = acked.len();
+        done.parked = refused.len();
+        Ok(done)
     }
+}
+
+/// Broker answers that no retry can change.
+fn never_accepted(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | InvalidTopic
+                | PolicyViolation
+        )
+    )
+}
+
+/// Moves refused rows to `pm.outbox_dead` with the reason, in one transaction.
+async fn park(conn: &mut PgConnection, refused: &[(i64, String)]) -> sqlx::Result<()> {
+    let (ids, errors): (Vec<i64>, Vec<String>) = refused.iter().cloned().unzip();
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query(
+        "insert into pm.outbox_dead (id, topic, key, headers, payload, created_at, error)
+         select o.id, o.topic, o.key, o.headers, o.payload, o.created_at, r.error
+           from pm.outbox o join unnest($1::bigint[], $2::text[]) as r (id, error) on r.id = o.id
+         on conflict (id) do nothing",
+    )
+    .bind(&ids)
+    .bind(&errors)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from pm.outbox where id = any($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    for (id, error) in refused {
+        tracing::error!(outbox_id = id, %error, "the broker refuses this event for good; parked in pm.outbox_dead");
+    }
+    metrics::counter!("pmcore_outbox_parked_total").increment(refused.len() as u64);
+    Ok(())
 }
 
 /// Rows waiting to be published.

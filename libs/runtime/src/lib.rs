@@ -3,6 +3,7 @@
 //! and shutdown on SIGTERM.
 
 pub mod cli;
+pub mod clock;
 mod config_file;
 pub mod health;
 pub mod http;

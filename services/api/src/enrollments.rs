@@ -381,10 +381,7 @@ fn reason_of(body: &[u8]) -> ApiResult<Option<String>> {
     }
     let decision: DecisionIn = serde_json::from_slice(body)
         .map_err(|e| ApiError::Validation(vec![FieldError::new("", e.to_string())]))?;
-    Ok(decision
-        .reason
-        .map(|r| r.trim().to_owned())
-        .filter(|r| !r.is_empty()))
+    crate::dispatch::optional_reason(decision.reason)
 }
 
 /// Approve a request, or override a rejection (program managers).
@@ -399,6 +396,7 @@ fn reason_of(body: &[u8]) -> ApiResult<Option<String>> {
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The reason is too long", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn approve(

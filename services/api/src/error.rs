@@ -75,7 +75,18 @@ pub enum ApiError {
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        // The outbox refuses an event no broker would take; the change rolls back and
+        // the caller hears why rather than an incident id.
+        match error.downcast::<pmcore_kafka::outbox::TooLarge>() {
+            Ok(too_large) => ApiError::invalid("", too_large.to_string()),
+            Err(error) => ApiError::Internal(error),
+        }
+    }
 }
 
 impl ApiError {

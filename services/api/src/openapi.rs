@@ -28,7 +28,7 @@ use crate::{
         (name = "gateways", description = "Edge gateways, their secrets and presence"),
         (name = "ders", description = "The DER warehouse"),
         (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
-        (name = "dispatch-events", description = "Scheduling, cancellation and opt-outs"),
+        (name = "dispatch-events", description = "Scheduling, cancellation, opt-outs, and each running event's commands and live response"),
         (name = "telemetry", description = "Readings, aggregates and anomalies"),
     )
 )]
@@ -77,6 +77,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dispatch::get))
         .routes(routes!(dispatch::cancel))
         .routes(routes!(dispatch::opt_out))
+        .routes(routes!(dispatch::execution::commands))
+        .routes(routes!(dispatch::execution::status))
         .routes(routes!(telemetry::der_series))
         .routes(routes!(telemetry::aggregate))
         .routes(routes!(telemetry::anomalies))

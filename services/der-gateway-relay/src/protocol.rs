@@ -161,9 +161,24 @@ pub fn parse(text: &str) -> Result<GatewayFrame, (ErrorCode, String)> {
     Err((ErrorCode::Invalid, format!("invalid {kind}: {error}")))
 }
 
+/// Free text from a gateway, fit to store and show: control characters (NUL among
+/// them, which Postgres cannot store) become spaces, and it is cut to `max` chars.
+pub fn clean_text(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_text_loses_control_characters_and_excess() {
+        assert_eq!(clean_text("ok\u{0}bad\nline", 100), "ok bad line");
+        assert_eq!(clean_text("éééé", 2), "éé");
+    }
 
     #[test]
     fn tells_malformed_unknown_and_invalid_apart() {

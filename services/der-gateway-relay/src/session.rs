@@ -102,7 +102,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
             return;
         }
     };
-    let firmware = firmware.map(|f| f.chars().take(100).collect::<String>());
+    let firmware = firmware.map(|f| protocol::clean_text(&f, 100));
     let session_id = Uuid::now_v7();
     if let Err(error) = presence::connected(
         &hub.pool,
@@ -431,7 +431,7 @@ impl Session {
             gateway_id: self.gateway.id.to_string(),
             der_id: Some(der_id.to_string()),
             status: status.as_str().to_owned(),
-            reason: reason.map(|r| r.chars().take(500).collect()),
+            reason: reason.map(|r| protocol::clean_text(&r, 500)),
             acked_at: Utc::now().timestamp_micros(),
         };
         if let Err(error) = commands::publish(&self.hub, &ack, self.gateway.id).await {

@@ -1,6 +1,7 @@
 //! `scheduler`: owns time. Any number may run; one holds the Postgres leader lock and
 //! does the work, the others wait to take over.
 
+pub mod dispatch;
 mod leader;
 pub mod partitions;
 
@@ -9,7 +10,11 @@ use std::{net::SocketAddr, time::Duration};
 use axum::Router;
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
-use pmcore_runtime::{Platform, Service, supervise, task};
+use pmcore_runtime::{
+    Platform, Service,
+    clock::{self, SharedClock},
+    supervise, task,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use leader::Leadership;
@@ -40,6 +45,33 @@ pub struct Config {
     )]
     pub telemetry_retention_days: i32,
 
+    /// How often the leader looks for due dispatch work (starts, ends, commands), in
+    /// milliseconds; an event starts at most this late.
+    #[arg(
+        long = "dispatch-tick-ms",
+        env = "PMCORE_SCHEDULER_DISPATCH_TICK_MS",
+        default_value_t = 500
+    )]
+    pub dispatch_tick_ms: u64,
+
+    /// Commands (or releases) put in the outbox per transaction during a fan-out.
+    #[arg(
+        long = "dispatch-chunk",
+        env = "PMCORE_SCHEDULER_DISPATCH_CHUNK",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(i64).range(1..=10_000)
+    )]
+    pub dispatch_chunk: i64,
+
+    /// Minutes before an event's start at which participants get a reminder, comma separated.
+    #[arg(
+        long = "reminder-leads-minutes",
+        env = "PMCORE_SCHEDULER_REMINDER_LEADS_MINUTES",
+        default_value = "1440,60",
+        value_delimiter = ','
+    )]
+    pub reminder_leads_minutes: Vec<i32>,
+
     #[command(flatten)]
     pub database: DbConfig,
 
@@ -52,9 +84,36 @@ pub struct App {
     config: Config,
     platform: Platform,
     leadership: Leadership,
+    clock: SharedClock,
 }
 
 impl App {
+    /// Builds the scheduler on a clock of the caller's (tests move time by hand).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        Ok(Self {
+            config,
+            platform,
+            leadership: Leadership::default(),
+            clock,
+        })
+    }
+
+    fn dispatch_config(&self) -> dispatch::DispatchConfig {
+        dispatch::DispatchConfig {
+            tick: Duration::from_millis(self.config.dispatch_tick_ms.max(10)),
+            chunk: self.config.dispatch_chunk,
+            reminder_leads_minutes: self
+                .config
+                .reminder_leads_minutes
+                .iter()
+                .copied()
+                .filter(|m| *m > 0)
+                .collect(),
+            ..dispatch::DispatchConfig::default()
+        }
+    }
+
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
     }
@@ -79,12 +138,7 @@ impl Service for App {
     }
 
     async fn build(config: Config) -> anyhow::Result<Self> {
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
-        Ok(Self {
-            config,
-            platform,
-            leadership: Leadership::default(),
-        })
+        Self::build_with_clock(config, clock::system()).await
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -102,6 +156,13 @@ impl Service for App {
             Duration::from_secs(3600),
             cancel.clone(),
         );
+        let dispatch = dispatch::run(
+            self.platform.pool.clone(),
+            self.leadership.clone(),
+            self.clock.clone(),
+            self.dispatch_config(),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
@@ -109,6 +170,7 @@ impl Service for App {
                 self.platform.outbox_relay(cancel.clone()),
                 Box::pin(elect),
                 task(partitions),
+                task(dispatch),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

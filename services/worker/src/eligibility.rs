@@ -186,7 +186,7 @@ impl Handler for Eligibility {
         };
         outbox::enqueue(conn, &event, &meta)
             .await
-            .map_err(HandlerError::Transient)?;
+            .map_err(HandlerError::classify_any)?;
         metrics::counter!("pmcore_worker_eligibility_decisions_total", "outcome" => to)
             .increment(1);
         Ok(())

@@ -366,3 +366,185 @@ async fn a_participant_opts_an_enrolled_der_out_once() {
         .expect("request");
     problem(response, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn reasons_longer_than_a_thousand_characters_are_refused() {
+    let s = scene(5).await;
+    let created: Value = schedule(&s, &event(&s, 24 * 60, 60))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("id");
+    let long = "x".repeat(1001);
+    for (url, token, body) in [
+        (
+            format!("/v1/dispatch-events/{id}/opt-outs"),
+            &s.aggregator.token,
+            json!({"der_id": s.der, "reason": long}),
+        ),
+        (
+            format!("/v1/dispatch-events/{id}/cancel"),
+            &s.manager,
+            json!({"reason": long}),
+        ),
+    ] {
+        let p = problem(
+            s.api
+                .post(&url, token, &body)
+                .send()
+                .await
+                .expect("request"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        assert_eq!(p["errors"][0]["field"], "/reason", "{url}");
+    }
+    let enrollment: String = sqlx::query_scalar("select id::text from pm.enrollment limit 1")
+        .fetch_one(&s.api.db.pool)
+        .await
+        .expect("enrollment");
+    problem(
+        s.api
+            .post(
+                &format!("/v1/enrollments/{enrollment}/reject"),
+                &s.manager,
+                &json!({"reason": "y".repeat(1001)}),
+            )
+            .send()
+            .await
+            .expect("request"),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+}
+
+/// What the scheduler and a relay would have recorded for the scene's DER: the
+/// event started an hour ago, its command delivered and applied; telemetry says the
+/// DER drew 3 kW in the hour before and 1 kW since.
+async fn run_event(s: &Scene, id: &str) {
+    let pool = &s.api.db.pool;
+    let statements = [
+        "update pm.dispatch_event set status = 'active', starts_at = now() - interval '1 hour',
+             ends_at = now() + interval '1 hour', started_at = date_trunc('minute', now()) - interval '1 hour',
+             late_by_ms = 0, allocated_kw = 4, participant_count = 1 where id = $1::uuid",
+        "insert into pm.dispatch_allocation (event_id, der_id, gateway_id, organization_id,
+             committed_kw, allocated_kw, command_id, command_kind, command_value_kw, command_sent_at)
+         select e.id, d.id, d.gateway_id, d.organization_id, 4, 4, gen_random_uuid(), 'curtail_kw', 4,
+                now() - interval '1 hour'
+           from pm.dispatch_event e, pm.der d where e.id = $1::uuid",
+        "insert into pm.der_command (id, gateway_id, der_id, event_id, kind, value_kw, start_at, end_at,
+             expires_at, status, delivered_at, acked_at)
+         select command_id, gateway_id, der_id, event_id, 'curtail_kw', 4, now(), now(), now(),
+                'applied', now() - interval '59 minutes', now() - interval '59 minutes'
+           from pm.dispatch_allocation where event_id = $1::uuid",
+        "insert into pm.telemetry_1m (der_id, bucket, sum_kw, min_kw, max_kw, samples)
+         select a.der_id, date_trunc('minute', now()) - make_interval(mins => m),
+                case when m > 60 then 180 else 60 end, 1, 3, 60
+           from pm.dispatch_allocation a, generate_series(1, 119) m where a.event_id = $1::uuid",
+    ];
+    for sql in statements {
+        sqlx::query(sql).bind(id).execute(pool).await.expect(sql);
+    }
+}
+
+#[tokio::test]
+async fn a_running_event_shows_each_ders_command_and_the_fleets_response() {
+    let s = scene(5).await;
+    let created: Value = schedule(&s, &event(&s, 24 * 60, 60))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = created["id"].as_str().expect("id");
+    run_event(&s, id).await;
+
+    let commands: Value = s
+        .api
+        .get(
+            &format!("/v1/dispatch-events/{id}/commands"),
+            &s.aggregator.token,
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let command = &commands["items"][0];
+    assert_eq!(command["der_id"], s.der.as_str());
+    assert_eq!(
+        (command["status"].as_str(), command["allocated_kw"].as_f64()),
+        (Some("applied"), Some(4.0))
+    );
+    let none: Value = s
+        .api
+        .get(
+            &format!("/v1/dispatch-events/{id}/commands?status=pending"),
+            &s.manager,
+        )
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none["items"].as_array().map(Vec::len), Some(0));
+
+    let status: Value = s
+        .api
+        .get(&format!("/v1/dispatch-events/{id}/status"), &s.manager)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["status"], "active");
+    assert_eq!(status["commands"]["applied"], 1);
+    assert_eq!(status["participants"], 1);
+    assert_eq!(status["allocated_kw"], 4.0);
+    let delivered = status["delivered_kw"].as_f64().expect("delivered");
+    assert!(
+        (delivered - 2.0).abs() < 1e-9,
+        "3 kW before, 1 kW during: {status}"
+    );
+    let event: Value = s
+        .api
+        .get(&format!("/v1/dispatch-events/{id}"), &s.manager)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(event["late_by_ms"], 0);
+    assert_eq!(event["participant_count"], 1);
+
+    // An aggregator that takes no part sees neither.
+    let stranger = s.api.caller("aggregator", &["aggregator"]).await;
+    for path in ["commands", "status"] {
+        problem(
+            s.api
+                .get(&format!("/v1/dispatch-events/{id}/{path}"), &stranger.token)
+                .send()
+                .await
+                .expect("request"),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    }
+
+    // A running event can be cancelled; the scheduler then releases its DERs.
+    let cancelled = s
+        .api
+        .post(
+            &format!("/v1/dispatch-events/{id}/cancel"),
+            &s.manager,
+            &json!({"reason": "grid is fine"}),
+        )
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(cancelled.status(), StatusCode::OK);
+}

@@ -2,6 +2,7 @@
 //! (for the pipeline) the worker.
 
 mod commands;
+mod dispatch;
 mod helpers;
 mod pipeline;
 mod sessions;

@@ -2,6 +2,7 @@
 //! and the services' own code, over the network.
 
 mod dead_letters;
+mod hardening;
 mod helpers;
 mod late_dependencies;
 mod outage;

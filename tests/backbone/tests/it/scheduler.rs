@@ -9,6 +9,9 @@ async fn scheduler(db: &TestDb, prefix: &str) -> (Running, Leadership) {
         listen: ([127, 0, 0, 1], 0).into(),
         leader_poll_ms: 200,
         telemetry_retention_days: 400,
+        dispatch_tick_ms: 500,
+        dispatch_chunk: 500,
+        reminder_leads_minutes: vec![1440, 60],
         database: db.config(),
         kafka: kafka(prefix),
     };

@@ -1,5 +1,8 @@
 //! `/v1/dispatch-events`: program managers schedule events within the program's
-//! limits and may cancel them; participants may opt single DERs out.
+//! limits and may cancel them; participants may opt single DERs out. The scheduler
+//! runs them; [`execution`] shows their commands and the fleet's response live.
+
+pub mod execution;
 
 use axum::{
     extract::State,
@@ -23,6 +26,26 @@ use crate::{
     pagination::{Page, PageParams},
     state::AppState,
 };
+
+/// Longest reason (cancel, opt-out, enrollment decision) a caller may give.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// An optional free-text reason: trimmed, empty as none, at most [`MAX_REASON_CHARS`].
+pub fn optional_reason(reason: Option<String>) -> ApiResult<Option<String>> {
+    let reason = reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(ApiError::invalid(
+            "/reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    Ok(reason)
+}
 
 const SCHEDULERS: [Role; 3] = [Role::Admin, Role::ProgramManager, Role::Operator];
 
@@ -54,6 +77,8 @@ pub enum DispatchStatus {
     Active,
     Completed,
     Cancelled,
+    /// Its whole window passed while no scheduler ran; nothing was sent.
+    Missed,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -99,6 +124,18 @@ pub struct DispatchEventOut {
     pub status: DispatchStatus,
     pub cancelled_reason: Option<String>,
     pub created_by: String,
+    /// When the scheduler started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// How much later than `starts_at` it started (the scheduler was down at the
+    /// start, or the next tick of its clock); absent until it starts.
+    pub late_by_ms: Option<i64>,
+    /// When its window ended and releases went out.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// What the participating DERs were asked for in total; below `target_kw` when
+    /// the fleet cannot cover the target.
+    pub allocated_kw: Option<f64>,
+    /// DERs that got a command.
+    pub participant_count: Option<i32>,
     /// Opt-outs the caller may see (participants: their own DERs').
     pub opt_outs: Vec<OptOutOut>,
     pub created_at: DateTime<Utc>,
@@ -106,7 +143,9 @@ pub struct DispatchEventOut {
 }
 
 const COLUMNS: &str = "id, program_id, starts_at, ends_at, target_kw::float8 as target_kw, signal,
-    signal_value::float8 as signal_value, status, cancelled_reason, created_by, created_at, updated_at";
+    signal_value::float8 as signal_value, status, cancelled_reason, created_by, started_at,
+    late_by_ms, completed_at, allocated_kw::float8 as allocated_kw, participant_count,
+    created_at, updated_at";
 
 #[derive(FromRow)]
 struct Row {
@@ -120,6 +159,11 @@ struct Row {
     status: String,
     cancelled_reason: Option<String>,
     created_by: String,
+    started_at: Option<DateTime<Utc>>,
+    late_by_ms: Option<i64>,
+    completed_at: Option<DateTime<Utc>>,
+    allocated_kw: Option<f64>,
+    participant_count: Option<i32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -146,10 +190,16 @@ impl TryFrom<Row> for DispatchEventOut {
                 "active" => DispatchStatus::Active,
                 "completed" => DispatchStatus::Completed,
                 "cancelled" => DispatchStatus::Cancelled,
+                "missed" => DispatchStatus::Missed,
                 other => anyhow::bail!("unexpected dispatch status `{other}`"),
             },
             cancelled_reason: r.cancelled_reason,
             created_by: r.created_by,
+            started_at: r.started_at,
+            late_by_ms: r.late_by_ms,
+            completed_at: r.completed_at,
+            allocated_kw: r.allocated_kw,
+            participant_count: r.participant_count,
             opt_outs: Vec::new(),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -362,7 +412,7 @@ pub async fn list(
     Ok(Json(Page::from_rows(items, page, |e| e.id)))
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     conn: &mut PgConnection,
     principal: &Principal,
     id: Uuid,
@@ -421,7 +471,8 @@ pub async fn get(
     Ok(Json(fetch(&mut conn, &principal, id, false).await?))
 }
 
-/// Call off a scheduled event.
+/// Call off a scheduled event, or stop a running one: every DER that got a command
+/// then gets a release.
 #[utoipa::path(
     post, path = "/v1/dispatch-events/{id}/cancel", operation_id = "dispatch_event.cancel", tag = "dispatch-events",
     params(("id" = Uuid, Path, description = "Dispatch event id")),
@@ -432,7 +483,7 @@ pub async fn get(
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The event is no longer scheduled", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The event is over (completed, cancelled or missed)", body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -445,14 +496,20 @@ pub async fn cancel(
 ) -> ApiResult<Json<DispatchEventOut>> {
     principal.require(&SCHEDULERS)?;
     let reason = input.reason.trim().to_owned();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ApiError::invalid("/reason", "must be 1 to 1000 characters"));
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(
+            "/reason",
+            format!("must be 1 to {MAX_REASON_CHARS} characters"),
+        ));
     }
     let mut tx = state.pool.begin().await?;
     let mut event = fetch(&mut tx, &principal, id, true).await?;
-    if event.status != DispatchStatus::Scheduled {
+    if !matches!(
+        event.status,
+        DispatchStatus::Scheduled | DispatchStatus::Active
+    ) {
         return Err(ApiError::Conflict(
-            "only a scheduled event can be cancelled".into(),
+            "only a scheduled or running event can be cancelled".into(),
         ));
     }
     event.status = DispatchStatus::Cancelled;
@@ -502,7 +559,7 @@ pub async fn opt_out(
     let event = fetch(&mut tx, &principal, id, true).await?;
     if matches!(
         event.status,
-        DispatchStatus::Cancelled | DispatchStatus::Completed
+        DispatchStatus::Cancelled | DispatchStatus::Completed | DispatchStatus::Missed
     ) || event.ends_at <= Utc::now()
     {
         return Err(ApiError::Conflict("the event is over or cancelled".into()));
@@ -528,10 +585,7 @@ pub async fn opt_out(
             "the DER is not actively enrolled in this event's program",
         ));
     }
-    let reason = input
-        .reason
-        .map(|r| r.trim().to_owned())
-        .filter(|r| !r.is_empty());
+    let reason = optional_reason(input.reason)?;
     let inserted: Option<OptOutOut> = sqlx::query_as(
         "insert into pm.dispatch_opt_out (event_id, der_id, reason) values ($1, $2, $3)
          on conflict do nothing returning der_id, reason, created_at",

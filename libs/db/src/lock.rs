@@ -1,0 +1,78 @@
+//! A session-level advisory lock on a connection of its own: "one process at a time"
+//! (the scheduler's leader, the outbox relay's publisher) without a transaction held
+//! open. The lock lives as long as the connection, so a crashed holder frees it.
+
+use std::ops::{Deref, DerefMut};
+
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+
+/// A held lock. Dropping it closes its connection (a pooled connection that kept the
+/// lock would lock everyone else out); [`SessionLock::release`] unlocks politely.
+#[derive(Debug)]
+pub struct SessionLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i64,
+    backend_pid: i32,
+}
+
+impl SessionLock {
+    /// Takes the lock if free; None when another session holds it.
+    pub async fn try_take(pool: &PgPool, key: i64) -> sqlx::Result<Option<Self>> {
+        let mut conn = pool.acquire().await?;
+        let (got, backend_pid): (bool, i32) =
+            sqlx::query_as("select pg_try_advisory_lock($1), pg_backend_pid()")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
+        // A connection that failed to lock goes back to the pool holding nothing.
+        Ok(got.then_some(Self {
+            conn: Some(conn),
+            key,
+            backend_pid,
+        }))
+    }
+
+    /// The Postgres backend whose session holds the lock (see `pg_locks.pid`).
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// Unlocks and returns the connection to the pool.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("select pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Deref for SessionLock {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.conn
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on release or drop"))
+    }
+}
+
+impl DerefMut for SessionLock {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("taken only on release or drop"))
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Dispatch execution, the event clock (leader only): reminders before an event,
+//! its start with the allocation and one command per participating DER, releases
+//! (at the end, on cancellation, on an opt-out during the event), its completion,
+//! and `missed` for an event whose window passed while no scheduler ran.
+//!
+//! Exactly once, whatever crashes: every transition is a conditional update
+//! (`where status = 'scheduled'`) in the transaction that enqueues its event, and
+//! every command is enqueued in the transaction that stamps its allocation row
+//! `command_sent_at` (likewise `release_sent_at`), in chunks of bounded size that a
+//! restarted or second scheduler simply continues. Each of those transactions also
+//! checks the leader fence first.
+
+pub mod allocation;
+mod fanout;
+mod lifecycle;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pmcore_kafka::outbox::EventMeta;
+use pmcore_runtime::clock::SharedClock;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::Leadership;
+
+/// How the event clock runs.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How often the leader looks for due work.
+    pub tick: Duration,
+    /// Commands (or releases) enqueued per transaction.
+    pub chunk: i64,
+    /// Minutes before an event's start at which a reminder goes out.
+    pub reminder_leads_minutes: Vec<i32>,
+    /// How long a release stays deliverable to a gateway that is offline.
+    pub release_ttl: chrono::Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(500),
+            chunk: 500,
+            reminder_leads_minutes: vec![1440, 60],
+            release_ttl: chrono::Duration::hours(1),
+        }
+    }
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub reminded: usize,
+    pub missed: usize,
+    pub started: usize,
+    pub commands: usize,
+    pub releases: usize,
+    pub completed: usize,
+}
+
+impl Pass {
+    fn is_idle(&self) -> bool {
+        *self == Pass::default()
+    }
+}
+
+/// Runs the event clock until cancelled; only the leader acts.
+pub async fn run(
+    pool: PgPool,
+    leadership: Leadership,
+    clock: SharedClock,
+    config: DispatchConfig,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !leadership.is_leader() {
+            continue;
+        }
+        match pass(&pool, &leadership, &clock, &config).await {
+            Ok(done) if done.is_idle() => {}
+            Ok(done) => tracing::info!(?done, "dispatch pass"),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "dispatch pass failed; next tick retries")
+            }
+        }
+    }
+}
+
+/// Everything due at the clock's now, in order: reminders, missed windows, starts,
+/// commands, completions, releases. Stops early (Ok) when leadership is lost.
+pub async fn pass(
+    pool: &PgPool,
+    leadership: &Leadership,
+    clock: &SharedClock,
+    config: &DispatchConfig,
+) -> anyhow::Result<Pass> {
+    let now = clock.now();
+    let mut done = Pass::default();
+    let ctx = Ctx {
+        pool,
+        leadership,
+        now,
+        config,
+    };
+    done.reminded = lifecycle::remind(&ctx).await?;
+    done.missed = lifecycle::mark_missed(&ctx).await?;
+    done.started = lifecycle::start_due(&ctx).await?;
+    done.commands = fanout::commands(&ctx).await?;
+    done.completed = lifecycle::complete_due(&ctx).await?;
+    done.releases = fanout::releases(&ctx).await?;
+    Ok(done)
+}
+
+/// What every step needs.
+struct Ctx<'a> {
+    pool: &'a PgPool,
+    leadership: &'a Leadership,
+    now: DateTime<Utc>,
+    config: &'a DispatchConfig,
+}
+
+impl Ctx<'_> {
+    /// A transaction that acts as leader, or None when this process no longer is.
+    async fn leader_tx(&self) -> anyhow::Result<Option<Transaction<'static, Postgres>>> {
+        let mut tx = self.pool.begin().await?;
+        if self.leadership.fence(&mut tx).await? {
+            Ok(Some(tx))
+        } else {
+            tracing::warn!("not the leader any more; dispatch work left to the leader");
+            Ok(None)
+        }
+    }
+}
+
+fn meta() -> EventMeta {
+    EventMeta {
+        source: "scheduler".to_owned(),
+        principal: Some("service:scheduler".to_owned()),
+        traceparent: None,
+    }
+}
