@@ -141,6 +141,11 @@ async fn read_commands(
     seen
 }
 
+/// All records of a DER and kind are the same command (redeliveries of one record).
+fn one_command(records: &[DerCommand]) -> bool {
+    records.iter().all(|r| r == &records[0])
+}
+
 fn now_s() -> DateTime<Utc> {
     Utc::now()
         .duration_trunc(Span::seconds(1))
@@ -334,7 +339,13 @@ async fn a_scheduler_killed_mid_fan_out_is_continued_by_the_next_without_repeats
         ders as usize,
         "every DER ({before} sent before the kill)"
     );
-    assert!(seen.values().all(|c| c.len() == 1), "none twice");
+    // The outbox is at least once: a scheduler killed between the broker's ack and
+    // the outbox delete republishes that batch, byte for byte (same ce_id and
+    // command id), which consumers absorb. What must hold is one command per DER.
+    assert!(
+        seen.values().all(|c| one_command(c)),
+        "one command id per DER"
+    );
     let outbox_commands: i64 = sqlx::query_scalar(
         "select count(*) from pm.dispatch_allocation where event_id = $1 and command_sent_at is not null",
     )
