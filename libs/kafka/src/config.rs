@@ -1,4 +1,8 @@
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
+
+use crate::watchdog::ConsumerHealth;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaConfig {
@@ -41,6 +45,32 @@ pub struct KafkaConfig {
         default_value_t = 30_000
     )]
     pub message_timeout_ms: u64,
+
+    /// How long the group coordinator waits for a consumer's heartbeat before it
+    /// hands the consumer's partitions to others, in milliseconds. 30 s rides out a
+    /// broker that stalls for seconds (load, a disk stall) without a rebalance, which
+    /// on tansu could leave a group without partitions; a consumer that died holds
+    /// its partitions that long. The watchdog covers longer stalls.
+    #[arg(
+        long = "kafka-session-timeout-ms",
+        env = "PMCORE_KAFKA_SESSION_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub session_timeout_ms: u64,
+
+    /// A consumer group whose committed offsets lag the log and have not moved for
+    /// this many seconds is stuck: its consumer rebuilds its client and `/readyz`
+    /// reports it until it moves again.
+    #[arg(
+        long = "kafka-stall-after-s",
+        env = "PMCORE_KAFKA_STALL_AFTER_S",
+        default_value_t = 30
+    )]
+    pub stall_after_s: u64,
+
+    /// How this process's consumers are doing; shared by every clone, read by `/readyz`.
+    #[arg(skip)]
+    pub health: ConsumerHealth,
 }
 
 impl KafkaConfig {
@@ -51,7 +81,14 @@ impl KafkaConfig {
             partitions: 3,
             replication: 1,
             message_timeout_ms: 30_000,
+            session_timeout_ms: 30_000,
+            stall_after_s: 30,
+            health: ConsumerHealth::default(),
         }
+    }
+
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_s.max(1))
     }
 
     /// The physical name of a logical topic.

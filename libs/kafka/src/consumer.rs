@@ -24,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    KafkaConfig, KafkaContext, MAX_BACKOFF, idempotent_producer, outbox::sleep_or_cancel,
+    KafkaConfig, KafkaContext, MAX_BACKOFF, idempotent_producer,
+    outbox::sleep_or_cancel,
     retry_policy, topics, trace,
+    watchdog::{self, Verdict, Watchdog},
 };
 
 /// One parsed record handed to a [`Handler`].
@@ -159,10 +161,8 @@ pub fn subscribe(
         // Offsets are stored by hand, after the database commit.
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // A member the broker no longer knows (after a broker restart, or a consumer
-        // that died) holds its partitions until the session times out; 10 s rather
-        // than 45 s keeps that gap short.
-        .set("session.timeout.ms", "10000")
+        // See `KafkaConfig::session_timeout_ms` for why this long.
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", "3000")
         .set("statistics.interval.ms", "5000")
         .create_with_context(KafkaContext::consumer(group))?;
@@ -208,15 +208,25 @@ async fn run_once<H: Handler>(
         .collect();
     topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
 
-    let consumer = subscribe(config, &spec.group, &physical)?;
+    let consumer = Arc::new(subscribe(config, &spec.group, &physical)?);
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     let mut dlq = idempotent_producer(config)?;
+    let mut watchdog = Watchdog::new(
+        &config.group(&spec.group),
+        &physical,
+        config.stall_after(),
+        config.health.clone(),
+    );
     tracing::info!(group = %spec.group, topics = ?names, "consumer started");
 
     loop {
+        if watchdog.due() {
+            stop_if_stalled(&mut watchdog, &consumer, &spec.group).await?;
+        }
         let message = tokio::select! {
             () = cancel.cancelled() => break,
             message = consumer.recv() => message,
+            () = tokio::time::sleep(watchdog::CHECK_EVERY) => continue,
         };
         let message = match message {
             Ok(m) => m,
@@ -238,10 +248,30 @@ async fn run_once<H: Handler>(
         metrics::counter!("pmcore_consumer_records_total", "group" => spec.group.clone(), "outcome" => label)
             .increment(1);
         consumer.store_offset_from_message(&message)?;
+        watchdog.progressed();
     }
     // Flush offsets stored since the last auto-commit before leaving the group.
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(%error, "final offset commit");
+    }
+    Ok(())
+}
+
+/// Ends this consumer (the caller rebuilds it) when the watchdog finds its group
+/// stuck; offsets stored so far are committed first.
+pub async fn stop_if_stalled(
+    watchdog: &mut Watchdog,
+    consumer: &Arc<StreamConsumer<KafkaContext>>,
+    group: &str,
+) -> anyhow::Result<()> {
+    if let Verdict::Stalled { lag, since } = watchdog.check(consumer).await {
+        tracing::warn!(%group, lag, stalled_s = since.as_secs(),
+            "consumer group lags and has not moved; rebuilding the consumer");
+        watchdog.rebuilt();
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(%error, "offset commit before rebuilding");
+        }
+        anyhow::bail!("consumer group {group} stalled {lag} records behind for {since:?}");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! - [`outbox`]: state changes and their events commit together; a relay publishes them.
 //! - [`consumer`]: at-least-once consumption with inbox dedup, retries and dead letters.
 //! - [`topics`]: creates the catalog's topics (with the deployment's prefix).
+//! - [`watchdog`]: finds a consumer group that lags and no longer moves.
 
 mod config;
 pub mod consumer;
@@ -10,6 +11,7 @@ mod context;
 pub mod outbox;
 pub mod topics;
 pub mod trace;
+pub mod watchdog;
 
 use std::time::Duration;
 

@@ -73,6 +73,26 @@ impl Readiness {
         })
     }
 
+    /// Fails while a consumer group of this process lags and does not move (its
+    /// consumer is being rebuilt by the watchdog).
+    pub fn consumers(self, config: &KafkaConfig) -> Self {
+        let health = config.health.clone();
+        self.check("consumers", move || {
+            let stalled = health.stalled();
+            async move {
+                if stalled.is_empty() {
+                    Ok(())
+                } else {
+                    let groups: Vec<String> = stalled
+                        .iter()
+                        .map(|(group, lag)| format!("{group} ({lag} behind)"))
+                        .collect();
+                    anyhow::bail!("stalled: {}", groups.join(", "))
+                }
+            }
+        })
+    }
+
     pub fn s3(self, client: &pmcore_storage::Client, config: &S3Config) -> Self {
         let (client, config) = (client.clone(), config.clone());
         self.check("s3", move || {

@@ -49,12 +49,13 @@ impl Platform {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Postgres, the broker and the topics.
+    /// Postgres, the broker, the topics, and no consumer group stuck.
     pub fn readiness(&self) -> Readiness {
         Readiness::new()
             .postgres(&self.pool)
             .kafka(&self.kafka)
             .step("topics", &self.topics_ready)
+            .consumers(&self.kafka)
     }
 
     /// Creates the catalog's topics once the broker answers.

@@ -200,6 +200,27 @@ impl PrivateBroker {
         Ok(())
     }
 
+    /// Freezes the broker (SIGSTOP): it keeps its connections and answers nothing,
+    /// as a broker stalled by load or a disk would.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "kill -{name} the broker");
+        }
+    }
+
     /// Kills the broker (SIGKILL: the harshest outage).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -8,12 +8,16 @@
 
 use std::{
     collections::HashSet,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pmcore_events::{catalog, domain::TelemetryBatch};
-use pmcore_kafka::{KafkaConfig, consumer, idempotent_producer, topics};
+use pmcore_kafka::{
+    KafkaConfig, consumer, idempotent_producer, topics,
+    watchdog::{self, Watchdog},
+};
 use rdkafka::{Message, consumer::Consumer, message::BorrowedMessage};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +132,17 @@ async fn run_once(
     let topic = kafka.topic(catalog::TELEMETRY.name);
     let dead_letters = KafkaConfig::dead_letter_topic(&topic, CONSUMER_GROUP);
     topics::ensure(kafka, &[topic.clone(), dead_letters]).await?;
-    let consumer = consumer::subscribe(kafka, CONSUMER_GROUP, std::slice::from_ref(&topic))?;
+    let consumer = Arc::new(consumer::subscribe(
+        kafka,
+        CONSUMER_GROUP,
+        std::slice::from_ref(&topic),
+    )?);
+    let mut watchdog = Watchdog::new(
+        &kafka.group(CONSUMER_GROUP),
+        std::slice::from_ref(&topic),
+        kafka.stall_after(),
+        kafka.health.clone(),
+    );
     let mut dlq = idempotent_producer(kafka)?;
     let mut partitions: HashSet<NaiveDate> = HashSet::new();
     let mut columns = Columns::default();
@@ -136,9 +150,13 @@ async fn run_once(
     tracing::info!(%topic, "telemetry consumer started");
 
     'poll: loop {
+        if watchdog.due() {
+            consumer::stop_if_stalled(&mut watchdog, &consumer, CONSUMER_GROUP).await?;
+        }
         let first = tokio::select! {
             () = cancel.cancelled() => break,
             m = consumer.recv() => m,
+            () = tokio::time::sleep(watchdog::CHECK_EVERY) => continue,
         };
         let first = match first {
             Ok(m) => m,
@@ -228,6 +246,7 @@ async fn run_once(
                 tracing::debug!(%error, "offset not stored");
             }
         }
+        watchdog.progressed();
     }
     if let Err(error) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(%error, "final offset commit");

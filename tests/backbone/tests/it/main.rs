@@ -1,6 +1,7 @@
 //! Backbone integration tests on the real stack: Postgres, a Kafka-protocol broker
 //! and the services' own code, over the network.
 
+mod broker_pause;
 mod dead_letters;
 mod hardening;
 mod helpers;

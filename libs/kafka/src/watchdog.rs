@@ -1,0 +1,200 @@
+//! A progress watchdog for consumer groups.
+//!
+//! After a broker stalls for longer than the session timeout (load, a disk stall, a
+//! paused process), a member can lose its assignment and never get it back: tansu 0.6
+//! was seen to leave such a group without partitions for good while a new group on
+//! the same broker consumed normally (issue 15). librdkafka keeps reporting nothing
+//! wrong. So each consumer asks the broker, every few seconds, how far its group's
+//! committed offsets are behind the log: when they are behind and have not moved for
+//! `stall_after`, the group is stuck, and the consumer rebuilds its client (a new
+//! member, fresh fetch state) from its last committed offsets. The verdict also feeds
+//! the `pmcore_consumer_*` metrics and `/readyz`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{Consumer, StreamConsumer},
+    util::Timeout,
+};
+
+use crate::KafkaContext;
+
+/// How each consumer group of a process is doing, for `/readyz`. Cloned into every
+/// consumer of the process (it travels in [`crate::KafkaConfig`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerHealth(Arc<Mutex<HashMap<String, GroupState>>>);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GroupState {
+    lag: i64,
+    stalled: bool,
+}
+
+impl ConsumerHealth {
+    fn set(&self, group: &str, lag: i64, stalled: bool) {
+        let mut groups = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        groups.insert(group.to_owned(), GroupState { lag, stalled });
+    }
+
+    /// Groups that lag and have made no progress for their stall time.
+    pub fn stalled(&self) -> Vec<(String, i64)> {
+        let groups = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stalled: Vec<(String, i64)> = groups
+            .iter()
+            .filter(|(_, s)| s.stalled)
+            .map(|(g, s)| (g.clone(), s.lag))
+            .collect();
+        stalled.sort();
+        stalled
+    }
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Caught up, or moving.
+    Healthy,
+    /// Behind by `lag` records with no progress for `since`.
+    Stalled { lag: i64, since: Duration },
+    /// The broker did not answer; librdkafka reconnects by itself.
+    Unknown,
+}
+
+/// Group offsets as the broker sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    lag: i64,
+    committed: i64,
+}
+
+/// One consumer's watchdog.
+#[derive(Debug)]
+pub struct Watchdog {
+    group: String,
+    topics: Vec<String>,
+    stall_after: Duration,
+    health: ConsumerHealth,
+    last: Option<Position>,
+    moved_at: Instant,
+    checked_at: Instant,
+}
+
+/// How often the broker is asked.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+impl Watchdog {
+    pub fn new(
+        group: &str,
+        physical_topics: &[String],
+        stall_after: Duration,
+        health: ConsumerHealth,
+    ) -> Self {
+        Self {
+            group: group.to_owned(),
+            topics: physical_topics.to_vec(),
+            stall_after,
+            health,
+            last: None,
+            moved_at: Instant::now(),
+            checked_at: Instant::now(),
+        }
+    }
+
+    /// Whether a check is due (cheap; call it on every loop turn).
+    pub fn due(&self) -> bool {
+        self.checked_at.elapsed() >= CHECK_EVERY
+    }
+
+    /// Tells the watchdog this consumer handled records (no need to wait for the
+    /// next commit to know it moves).
+    pub fn progressed(&mut self) {
+        self.moved_at = Instant::now();
+    }
+
+    /// Asks the broker for the group's committed offsets and the log ends.
+    pub async fn check(&mut self, consumer: &Arc<StreamConsumer<KafkaContext>>) -> Verdict {
+        self.checked_at = Instant::now();
+        let (consumer, topics) = (consumer.clone(), self.topics.clone());
+        let position = tokio::task::spawn_blocking(move || position(&consumer, &topics))
+            .await
+            .ok()
+            .flatten();
+        let Some(now) = position else {
+            return Verdict::Unknown;
+        };
+        if now.lag <= 0
+            || self
+                .last
+                .is_some_and(|last| last.committed != now.committed)
+        {
+            self.moved_at = Instant::now();
+        }
+        self.last = Some(now);
+        let since = self.moved_at.elapsed();
+        let stalled = now.lag > 0 && since >= self.stall_after;
+        self.health.set(&self.group, now.lag, stalled);
+        metrics::gauge!("pmcore_consumer_group_lag", "group" => self.group.clone())
+            .set(now.lag as f64);
+        metrics::gauge!("pmcore_consumer_seconds_since_progress", "group" => self.group.clone())
+            .set(if now.lag > 0 {
+                since.as_secs_f64()
+            } else {
+                0.0
+            });
+        if stalled {
+            Verdict::Stalled {
+                lag: now.lag,
+                since,
+            }
+        } else {
+            Verdict::Healthy
+        }
+    }
+
+    /// Marks the group as being rebuilt (not stalled until the next check says so).
+    pub fn rebuilt(&mut self) {
+        metrics::counter!("pmcore_consumer_rebuilds_total", "group" => self.group.clone())
+            .increment(1);
+        self.moved_at = Instant::now();
+        self.health
+            .set(&self.group, self.last.map_or(0, |l| l.lag), false);
+    }
+}
+
+/// Lag (log end minus committed offset, summed over every partition of the topics)
+/// and the sum of committed offsets; None when the broker does not answer in time.
+fn position(consumer: &StreamConsumer<KafkaContext>, topics: &[String]) -> Option<Position> {
+    let timeout = Timeout::After(Duration::from_secs(3));
+    let mut partitions = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                partitions.add_partition(t.name(), p.id());
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(partitions, timeout).ok()?;
+    let mut position = Position {
+        lag: 0,
+        committed: 0,
+    };
+    for element in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(element.topic(), element.partition(), timeout)
+            .ok()?;
+        let at = match element.offset() {
+            Offset::Offset(n) => n,
+            // Nothing committed yet: the group reads from the beginning.
+            _ => low,
+        };
+        position.lag += (high - at).max(0);
+        position.committed += at;
+    }
+    Some(position)
+}
