@@ -70,9 +70,10 @@ db-drop:
     source scripts/env.sh && for db in $(PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -tAc "select datname from pg_database where datname = 'pmcore' or datname like 'pmcore_t_%'"); do \
       PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -qc "drop database \"$db\" with (force)"; echo "dropped $db"; done
 
-# Apply pending migrations from flyway/.
+# Apply pending migrations from flyway/ and create the service logins.
 db-migrate:
     source scripts/env.sh && cargo run --quiet --bin api -- --log-format text migrate
+    scripts/stack.sh logins
 
 # ---- contracts ---------------------------------------------------------------------
 
@@ -131,4 +132,4 @@ bench-dispatch:
 
 # Run one service from source against the stack, e.g. `just run api`.
 run service *args:
-    source scripts/env.sh && PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" cargo run --bin {{service}} -- "${@:2}"
+    source scripts/env.sh && PMCORE_DATABASE_URL="$(service_database_url {{service}})" PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" cargo run --bin {{service}} -- "${@:2}"

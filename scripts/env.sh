@@ -5,6 +5,14 @@ export PMCORE_KAFKA_PORT="${PMCORE_KAFKA_PORT:-9092}"
 export PMCORE_S3_PORT="${PMCORE_S3_PORT:-9000}"
 export PMCORE_SMTP_PORT="${PMCORE_SMTP_PORT:-1025}"
 export PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL:-postgres://pmcore:pmcore@127.0.0.1:${PMCORE_PG_PORT}/pmcore}"
+# Each service connects with its own login (flyway/logins/service-logins.sql); the
+# URL above is the owner's, for migrations and tools.
+export PMCORE_APP_DB_PASSWORD="${PMCORE_APP_DB_PASSWORD:-pmcore-app-dev}"
+service_database_url() { # service_database_url SERVICE (e.g. der-gateway-relay)
+  local role
+  case "$1" in der-gateway-relay) role=relay ;; *) role="${1//-/_}" ;; esac
+  echo "postgres://pmcore_${role}_app:${PMCORE_APP_DB_PASSWORD}@127.0.0.1:${PMCORE_PG_PORT}/pmcore"
+}
 export PMCORE_KAFKA_BROKERS="${PMCORE_KAFKA_BROKERS:-127.0.0.1:${PMCORE_KAFKA_PORT}}"
 export PMCORE_S3_ENDPOINT="${PMCORE_S3_ENDPOINT:-http://127.0.0.1:${PMCORE_S3_PORT}}"
 export PMCORE_S3_ACCESS_KEY="${PMCORE_S3_ACCESS_KEY:-pmcore}"

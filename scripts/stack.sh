@@ -17,6 +17,7 @@ usage() {
   cat >&2 <<'USAGE'
 usage: scripts/stack.sh up [--profile all|dev|testing|audit|messaging] [--native|--docker]
        scripts/stack.sh sim    simulated gateways for the seeded fleet, in the background
+       scripts/stack.sh logins the service logins (after migrating)
        scripts/stack.sh down | destroy | ps
 
 profiles: all       infrastructure and every service
@@ -163,9 +164,17 @@ services_up() {
   say "building services"
   cargo build --quiet --bins
   PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/api" migrate
+  db_logins
   for svc in "$@"; do
-    start_bg "$svc" "$(service_port "$svc")" "target/debug/$svc"
+    # Each with its own login: only its role's privileges.
+    start_bg "$svc" "$(service_port "$svc")" \
+      env PMCORE_DATABASE_URL="$(service_database_url "$svc")" "target/debug/$svc"
   done
+}
+
+db_logins() { # one login per service, member of its role (after the migrations)
+  { echo "select set_config('pmcore.app_password', :'pw', false);"; cat flyway/logins/service-logins.sql; } \
+    | psql_admin -q -d pmcore -v pw="$PMCORE_APP_DB_PASSWORD" >/dev/null
 }
 
 # Commands ---------------------------------------------------------------------------
@@ -261,5 +270,6 @@ case "${1:-}" in
   destroy) cmd_destroy ;;
   ps) cmd_ps ;;
   sim) cmd_sim ;;
+  logins) db_logins ;;
   *) usage ;;
 esac

@@ -90,13 +90,56 @@ impl TestDb {
         let url = with_database(url, &name);
         let config = DbConfig::from_url(&url);
         pmcore_db::migrate::run(&config).await?;
+        ensure_logins(&url).await?;
         let pool = PgPool::connect(&url).await?;
         Ok(Self { name, url, pool })
     }
 
+    /// The owner's configuration: migrations and test set-up only.
     pub fn config(&self) -> DbConfig {
         DbConfig::from_url(&self.url)
     }
+
+    /// A pool of a service's own login.
+    pub async fn pool_for(&self, service: &str) -> anyhow::Result<PgPool> {
+        Ok(PgPool::connect(&login_url(&self.url, service)).await?)
+    }
+
+    /// A service's own login (`pmcore_<service>_app`, e.g. `api`, `audit_log`), with
+    /// only its role's privileges, as every stack runs it.
+    pub fn config_for(&self, service: &str) -> DbConfig {
+        DbConfig::from_url(&login_url(&self.url, service))
+    }
+}
+
+/// The dev and test password of the service logins (`flyway/logins/service-logins.sql`).
+pub fn app_password() -> String {
+    std::env::var("PMCORE_APP_DB_PASSWORD").unwrap_or_else(|_| "pmcore-app-dev".to_owned())
+}
+
+/// `url` with the user and password of a service's login.
+fn login_url(url: &str, service: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://pmcore_{service}_app:{}@{host}", app_password())
+}
+
+/// Creates the service logins once per cluster (idempotent; several test processes
+/// may race, which the script tolerates).
+async fn ensure_logins(url: &str) -> anyhow::Result<()> {
+    if PgConnection::connect(&login_url(url, "api")).await.is_ok() {
+        return Ok(());
+    }
+    let mut owner = PgConnection::connect(url).await?;
+    sqlx::query("select set_config('pmcore.app_password', $1, false)")
+        .bind(app_password())
+        .execute(&mut owner)
+        .await?;
+    sqlx::raw_sql(include_str!("../../../flyway/logins/service-logins.sql"))
+        .execute(&mut owner)
+        .await?;
+    owner.close().await?;
+    Ok(())
 }
 
 /// A topic prefix no other test uses.

@@ -37,7 +37,8 @@ pub struct Config {
     )]
     pub leader_poll_ms: u64,
 
-    /// Days of raw telemetry (and its rollups) kept; older days are dropped whole.
+    /// Days of raw telemetry (and its rollups) kept; older days are dropped whole
+    /// (at least 7).
     #[arg(
         long = "telemetry-retention-days",
         env = "PMCORE_SCHEDULER_TELEMETRY_RETENTION_DAYS",
@@ -152,7 +153,7 @@ impl Service for App {
         let partitions = partitions::maintain(
             self.platform.pool.clone(),
             self.leadership.clone(),
-            self.config.telemetry_retention_days.max(1),
+            self.config.telemetry_retention_days.max(7),
             Duration::from_secs(3600),
             cancel.clone(),
         );

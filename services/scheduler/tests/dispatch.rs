@@ -24,7 +24,7 @@ fn config(db: &TestDb, prefix: &str, chunk: i64) -> Config {
         dispatch_tick_ms: 100,
         dispatch_chunk: chunk,
         reminder_leads_minutes: vec![1440, 60],
-        database: db.config(),
+        database: db.config_for("scheduler"),
         kafka: kafka(prefix),
     }
 }
@@ -257,10 +257,14 @@ async fn two_schedulers_and_a_stale_leader_racing_still_send_each_command_once()
         chunk: 25,
         ..dispatch::DispatchConfig::default()
     };
+    let scheduler_pool = db
+        .pool_for("scheduler")
+        .await
+        .expect("the scheduler's login");
     let racers: Vec<_> = (0..4)
         .map(|_| {
             let (pool, leader, clock, config) = (
-                db.pool.clone(),
+                scheduler_pool.clone(),
                 leader.clone(),
                 shared.clone(),
                 dispatch_config.clone(),
@@ -500,7 +504,7 @@ async fn a_leader_whose_connection_is_cut_is_fenced_off_at_once() {
     );
     // Postgres ends the session that holds the lock; the process does not know yet.
     sqlx::query(
-        "select pg_terminate_backend(pid) from pg_locks
+        "select pg_terminate_backend(pid, 5000) from pg_locks
           where locktype = 'advisory' and objid::int8 = ($1 & 4294967295) and classid::int8 = ($1 >> 32)",
     )
     .bind(0x706d_7363_6864_i64)

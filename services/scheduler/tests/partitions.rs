@@ -10,7 +10,11 @@ async fn upcoming_days_exist_and_expired_days_are_dropped() {
         .execute(&db.pool)
         .await
         .expect("an old day");
-    let dropped = pmcore_scheduler::partitions::once(&db.pool, 400)
+    let scheduler = db
+        .pool_for("scheduler")
+        .await
+        .expect("the scheduler's login");
+    let dropped = pmcore_scheduler::partitions::once(&scheduler, 400)
         .await
         .expect("maintained");
     assert_eq!(dropped, 2, "the old day's raw and rollup partitions");
@@ -30,7 +34,7 @@ async fn upcoming_days_exist_and_expired_days_are_dropped() {
     );
     // Running again changes nothing.
     assert_eq!(
-        pmcore_scheduler::partitions::once(&db.pool, 400)
+        pmcore_scheduler::partitions::once(&scheduler, 400)
             .await
             .expect("again"),
         0

@@ -15,7 +15,7 @@ const JWT_SECRET: &str = "test-signing-key-test-signing-key-0123";
 pub(crate) async fn spawn_worker(api: &TestApi) -> Running {
     let config = pmcore_worker::Config {
         listen: ([127, 0, 0, 1], 0).into(),
-        database: api.db.config(),
+        database: api.db.config_for("worker"),
         kafka: api.kafka.clone(),
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),
@@ -44,7 +44,11 @@ pub(crate) async fn spawn_app() -> TestApi {
 pub(crate) async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApi {
     let db = TestDb::new().await.expect("test database");
     let kafka = kafka(&unique_prefix());
-    let mut config = Config::new(([127, 0, 0, 1], 0).into(), db.config(), kafka.clone());
+    let mut config = Config::new(
+        ([127, 0, 0, 1], 0).into(),
+        db.config_for("api"),
+        kafka.clone(),
+    );
     let admin_id = Uuid::now_v7();
     config.jwt_secret = Some(JWT_SECRET.to_owned().into());
     config.bootstrap_client_id = Some(admin_id);

@@ -22,7 +22,7 @@ async fn scheduler(env: &Env) -> Running {
         dispatch_tick_ms: 100,
         dispatch_chunk: 500,
         reminder_leads_minutes: vec![60],
-        database: env.db.config(),
+        database: env.db.config_for("scheduler"),
         kafka: env.kafka.clone(),
     };
     let app = pmcore_scheduler::App::build(config)
@@ -187,8 +187,17 @@ async fn an_event_runs_end_to_end_and_the_fleet_sheds_its_target() {
 
     // The gateway that streamed all along: its four DERs drew about 4 × 0.75 kW
     // less during the event than just before it.
+    // From when their commands reached the gateway (a loaded machine takes a moment).
+    let delivered: DateTime<Utc> = sqlx::query_scalar(
+        "select max(delivered_at) from pm.der_command where event_id = $1 and der_id = any($2) and kind <> 'release'",
+    )
+    .bind(event)
+    .bind(&early_ders)
+    .fetch_one(pool)
+    .await
+    .expect("delivered");
     let before = fleet_kw(&env, &early_ders, starts - Span::seconds(4), starts).await;
-    let during = fleet_kw(&env, &early_ders, starts + Span::seconds(1), ends).await;
+    let during = fleet_kw(&env, &early_ders, delivered + Span::milliseconds(500), ends).await;
     assert!(
         (before - during - 3.0).abs() < 0.5,
         "shed {:.2} kW (before {before:.2}, during {during:.2})",

@@ -52,7 +52,7 @@ impl Env {
             max_frame_bytes: 1 << 20,
             frames_per_second: 50,
             heartbeat_timeout_s: 30,
-            database: self.db.config(),
+            database: self.db.config_for("relay"),
             kafka: self.kafka.clone(),
         };
         tweak(&mut config);
@@ -66,7 +66,7 @@ impl Env {
     pub(crate) async fn worker(&self) -> Running {
         let config = pmcore_worker::Config {
             listen: ([127, 0, 0, 1], 0).into(),
-            database: self.db.config(),
+            database: self.db.config_for("worker"),
             kafka: self.kafka.clone(),
             s3: pmcore_testkit::s3(),
             telemetry: pmcore_worker::telemetry::StoreConfig {

@@ -112,7 +112,7 @@ async fn an_event_the_broker_refuses_is_parked_and_the_events_behind_it_flow() {
 async fn worker(db: &TestDb, kafka: &KafkaConfig) -> Running {
     let config = pmcore_worker::Config {
         listen: ([127, 0, 0, 1], 0).into(),
-        database: db.config(),
+        database: db.config_for("worker"),
         kafka: kafka.clone(),
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),

@@ -27,7 +27,7 @@ pub(crate) async fn audit_log(db: &TestDb, kafka: &KafkaConfig) -> Running {
     let config = pmcore_audit_log::Config {
         listen: any_port(),
         group: format!("audit-{}", Uuid::now_v7().simple()),
-        database: db.config(),
+        database: db.config_for("audit_log"),
         kafka: kafka.clone(),
     };
     let app = pmcore_audit_log::App::build(config)
@@ -39,7 +39,7 @@ pub(crate) async fn audit_log(db: &TestDb, kafka: &KafkaConfig) -> Running {
 
 /// The api service (whose outbox relay publishes `pm.outbox`), running.
 pub(crate) async fn api(db: &TestDb, kafka: &KafkaConfig) -> Running {
-    let config = pmcore_api::Config::new(any_port(), db.config(), kafka.clone());
+    let config = pmcore_api::Config::new(any_port(), db.config_for("api"), kafka.clone());
     let app = pmcore_api::App::build(config).await.expect("api builds");
     let addr = app.local_addr().expect("bound");
     Running::start(app, addr).await

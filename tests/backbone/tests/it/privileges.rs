@@ -50,3 +50,66 @@ async fn services_cannot_touch_schemas_they_do_not_own() {
         Ok(())
     );
 }
+
+/// Runs `sql` as a service's own login, as the stacks connect it.
+async fn as_login(db: &TestDb, service: &str, sql: &str) -> Result<(), String> {
+    let pool = db.pool_for(service).await.map_err(|e| e.to_string())?;
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    let result = sqlx::query(sql).execute(&mut *tx).await.map(|_| ());
+    tx.rollback().await.map_err(|e| e.to_string())?;
+    result.map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn each_service_login_is_refused_what_its_service_must_not_do() {
+    let db = TestDb::new().await.expect("test database");
+    let refused = [
+        ("worker", "update pm.api_client set roles = array['admin']"),
+        (
+            "scheduler",
+            "insert into pm.api_client (id, organization_id, name, secret_hash, roles) select gen_random_uuid(), id, 'x', 'x', array['admin'] from pm.organization",
+        ),
+        ("messaging", "select secret_hash from pm.api_client"),
+        ("audit_log", "select secret_hash from pm.api_client"),
+        ("api", "select pm.drop_telemetry_partitions(-1)"),
+        (
+            "relay",
+            "select pm.ensure_telemetry_partition(current_date)",
+        ),
+        ("relay", "delete from pm.der"),
+        ("bucket_watcher", "select * from pm.der"),
+        ("audit_log", "delete from audit.entry"),
+        ("api", "update audit.entry set subject = 'forged'"),
+    ];
+    for (service, sql) in refused {
+        let error = as_login(&db, service, sql).await.expect_err(sql);
+        assert!(
+            error.contains("permission denied"),
+            "{service}: {sql}: {error}"
+        );
+    }
+    // What they need still works.
+    for (service, sql) in [
+        (
+            "messaging",
+            "select id, roles, disabled_at from pm.api_client",
+        ),
+        ("api", "select secret_hash from pm.api_client"),
+        (
+            "worker",
+            "select pm.ensure_telemetry_partition(current_date)",
+        ),
+        ("audit_log", AUDIT_INSERT),
+    ] {
+        assert_eq!(
+            as_login(&db, service, sql).await,
+            Ok(()),
+            "{service}: {sql}"
+        );
+    }
+    // Even the scheduler cannot make retention drop today's data.
+    let error = as_login(&db, "scheduler", "select pm.drop_telemetry_partitions(-1)")
+        .await
+        .expect_err("refused");
+    assert!(error.contains("at least 7 days"), "{error}");
+}

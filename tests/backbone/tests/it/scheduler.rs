@@ -12,7 +12,7 @@ async fn scheduler(db: &TestDb, prefix: &str) -> (Running, Leadership) {
         dispatch_tick_ms: 500,
         dispatch_chunk: 500,
         reminder_leads_minutes: vec![1440, 60],
-        database: db.config(),
+        database: db.config_for("scheduler"),
         kafka: kafka(prefix),
     };
     let app = App::build(config).await.expect("scheduler builds");
