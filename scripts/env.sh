@@ -13,6 +13,11 @@ service_database_url() { # service_database_url SERVICE (e.g. der-gateway-relay)
   case "$1" in der-gateway-relay) role=relay ;; *) role="${1//-/_}" ;; esac
   echo "postgres://pmcore_${role}_app:${PMCORE_APP_DB_PASSWORD}@127.0.0.1:${PMCORE_PG_PORT}/pmcore"
 }
+# The embedded broker (tansu 0.6) panics in its idempotent-producer check under load
+# and stops serving (docs/decisions/0010-embedded-broker-without-idempotence.md), so
+# what runs from here produces without idempotence; the services of docker-compose.yml
+# (Apache Kafka) keep the default, on.
+export PMCORE_KAFKA_IDEMPOTENCE="${PMCORE_KAFKA_IDEMPOTENCE:-false}"
 export PMCORE_KAFKA_BROKERS="${PMCORE_KAFKA_BROKERS:-127.0.0.1:${PMCORE_KAFKA_PORT}}"
 export PMCORE_S3_ENDPOINT="${PMCORE_S3_ENDPOINT:-http://127.0.0.1:${PMCORE_S3_PORT}}"
 export PMCORE_S3_ACCESS_KEY="${PMCORE_S3_ACCESS_KEY:-pmcore}"

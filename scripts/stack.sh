@@ -230,8 +230,9 @@ cmd_destroy() {
   cmd_down
   if docker_up; then docker compose -p pmcore --profile all down -v; fi
   rm -rf "$S" && say "removed $S"
-  # The simulator's gateway secrets belong to the database just removed.
-  rm -f seed/out/gateways.json
+  # The simulator's gateway secrets and the seeded clients belong to the database
+  # just removed.
+  rm -f seed/out/gateways.json seed/out/credentials.json
 }
 
 row() { printf '%-18s %-24s %-8s %s\n' "$@"; }

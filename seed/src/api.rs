@@ -127,6 +127,10 @@ impl Credentials {
         slug: &str,
     ) -> anyhow::Result<Client> {
         let org_id = org["id"].as_str().context("organization id")?.to_owned();
+        let name = org["name"].as_str().unwrap_or_default();
+        // A client of an organization of that name in an earlier database is stale.
+        self.clients
+            .retain(|c| c.organization != name || c.organization_id == org_id);
         if let Some(c) = self.clients.iter().find(|c| c.organization_id == org_id) {
             return Ok(c.clone());
         }

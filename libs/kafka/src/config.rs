@@ -46,6 +46,19 @@ pub struct KafkaConfig {
     )]
     pub message_timeout_ms: u64,
 
+    /// Produce with an idempotent producer (`enable.idempotence`). The embedded stack
+    /// turns it off: tansu 0.6's SQLite engine panics in its idempotence check under
+    /// load and stops serving until restarted (docs/decisions/0010). Without it the
+    /// producer keeps one request in flight, so order per partition holds, and a
+    /// retried record may arrive twice, which every consumer absorbs.
+    #[arg(
+        long = "kafka-idempotence",
+        env = "PMCORE_KAFKA_IDEMPOTENCE",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub idempotence: bool,
+
     /// How long the group coordinator waits for a consumer's heartbeat before it
     /// hands the consumer's partitions to others, in milliseconds. 30 s rides out a
     /// broker that stalls for seconds (load, a disk stall) without a rebalance, which
@@ -81,6 +94,7 @@ impl KafkaConfig {
             partitions: 3,
             replication: 1,
             message_timeout_ms: 30_000,
+            idempotence: std::env::var("PMCORE_KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
             session_timeout_ms: 30_000,
             stall_after_s: 30,
             health: ConsumerHealth::default(),

@@ -20,8 +20,10 @@ pub use config::KafkaConfig;
 pub use context::KafkaContext;
 use rdkafka::{ClientConfig, producer::FutureProducer};
 
-/// An idempotent producer (`enable.idempotence=true`, `acks=all`): retries cannot
-/// duplicate or reorder records within a partition.
+/// The platform's producer: `acks=all` and idempotent (`enable.idempotence=true`:
+/// retries cannot duplicate or reorder records within a partition), unless the
+/// deployment turns idempotence off (`KafkaConfig::idempotence`), when one request in
+/// flight keeps the order and consumers absorb a retried duplicate.
 pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer<KafkaContext>> {
     Ok(idempotent_producer_config(config).create_with_context(KafkaContext::default())?)
 }
@@ -29,10 +31,15 @@ pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProduce
 /// The settings of [`idempotent_producer`], for a producer that needs a few more.
 pub fn idempotent_producer_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = config.client_config();
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
+    c.set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", config.message_timeout_ms.to_string());
+    if config.idempotence {
+        c.set("enable.idempotence", "true");
+    } else {
+        c.set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1");
+    }
     c
 }
 

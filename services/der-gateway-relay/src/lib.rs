@@ -161,16 +161,21 @@ impl Service for App {
     }
 }
 
-/// Telemetry goes straight to the broker: idempotent, batched for throughput (the
-/// gateway waits for the ack anyway, a few ms of linger cost it nothing), and with a
-/// bounded queue: when the broker is slow, gateways are told to resend
-/// (`unavailable`) instead of the relay buffering up to librdkafka's default 1 GiB.
+/// Telemetry goes straight to the broker: batched for throughput (the gateway waits
+/// for the ack anyway, a few ms of linger cost it nothing), and with a bounded queue:
+/// when the broker is slow, gateways are told to resend (`unavailable`) instead of
+/// the relay buffering up to librdkafka's default 1 GiB. Readings are rows keyed by
+/// `(der_id, ts)`, so their order on the topic does not matter: without idempotence
+/// (the embedded stack) five requests stay in flight rather than one.
 fn telemetry_producer(
     config: &KafkaConfig,
 ) -> anyhow::Result<rdkafka::producer::FutureProducer<pmcore_kafka::KafkaContext>> {
-    Ok(pmcore_kafka::idempotent_producer_config(config)
-        .set("queue.buffering.max.kbytes", "131072")
-        .create_with_context(pmcore_kafka::KafkaContext::default())?)
+    let mut producer = pmcore_kafka::idempotent_producer_config(config);
+    producer.set("queue.buffering.max.kbytes", "131072");
+    if !config.idempotence {
+        producer.set("max.in.flight.requests.per.connection", "5");
+    }
+    Ok(producer.create_with_context(pmcore_kafka::KafkaContext::default())?)
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
