@@ -60,24 +60,26 @@ pub struct KafkaConfig {
     pub idempotence: bool,
 
     /// How long the group coordinator waits for a consumer's heartbeat before it
-    /// hands the consumer's partitions to others, in milliseconds. 30 s rides out a
-    /// broker that stalls for seconds (load, a disk stall) without a rebalance, which
-    /// on tansu could leave a group without partitions; a consumer that died holds
-    /// its partitions that long. The watchdog covers longer stalls.
+    /// hands the consumer's partitions to others, in milliseconds. After a broker
+    /// restart tansu still lists the members it had, and a new member waits this long
+    /// for their partitions, so it stays short (10 s rather than Kafka's 45 s); a
+    /// broker stalled for longer than this is the watchdog's business.
     #[arg(
         long = "kafka-session-timeout-ms",
         env = "PMCORE_KAFKA_SESSION_TIMEOUT_MS",
-        default_value_t = 30_000
+        default_value_t = 10_000
     )]
     pub session_timeout_ms: u64,
 
     /// A consumer group whose committed offsets lag the log and have not moved for
     /// this many seconds is stuck: its consumer rebuilds its client and `/readyz`
-    /// reports it until it moves again.
+    /// reports it until it moves again. Well above the session timeout plus a
+    /// rebalance, so the ordinary recovery after a broker restart is never cut short
+    /// (a rebuild adds a member the group must wait for).
     #[arg(
         long = "kafka-stall-after-s",
         env = "PMCORE_KAFKA_STALL_AFTER_S",
-        default_value_t = 30
+        default_value_t = 60
     )]
     pub stall_after_s: u64,
 
@@ -95,8 +97,8 @@ impl KafkaConfig {
             replication: 1,
             message_timeout_ms: 30_000,
             idempotence: std::env::var("PMCORE_KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
-            session_timeout_ms: 30_000,
-            stall_after_s: 30,
+            session_timeout_ms: 10_000,
+            stall_after_s: 60,
             health: ConsumerHealth::default(),
         }
     }

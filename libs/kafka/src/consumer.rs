@@ -212,6 +212,7 @@ async fn run_once<H: Handler>(
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     let mut dlq = idempotent_producer(config)?;
     let mut watchdog = Watchdog::new(
+        config,
         &config.group(&spec.group),
         &physical,
         config.stall_after(),
@@ -220,8 +221,11 @@ async fn run_once<H: Handler>(
     tracing::info!(group = %spec.group, topics = ?names, "consumer started");
 
     loop {
-        if watchdog.due() {
-            stop_if_stalled(&mut watchdog, &consumer, &spec.group).await?;
+        if watchdog.due()
+            && let Err(stalled) = stop_if_stalled(&mut watchdog, &consumer, &spec.group).await
+        {
+            close_off_thread(consumer);
+            return Err(stalled);
         }
         let message = tokio::select! {
             () = cancel.cancelled() => break,
@@ -257,6 +261,12 @@ async fn run_once<H: Handler>(
     Ok(())
 }
 
+/// Drops a consumer on a blocking thread: closing it leaves the group and waits for
+/// the broker, which after a stall may take long, and must not freeze the runtime.
+pub fn close_off_thread(consumer: Arc<StreamConsumer<KafkaContext>>) {
+    tokio::task::spawn_blocking(move || drop(consumer));
+}
+
 /// Ends this consumer (the caller rebuilds it) when the watchdog finds its group
 /// stuck; offsets stored so far are committed first.
 pub async fn stop_if_stalled(
@@ -264,11 +274,12 @@ pub async fn stop_if_stalled(
     consumer: &Arc<StreamConsumer<KafkaContext>>,
     group: &str,
 ) -> anyhow::Result<()> {
-    if let Verdict::Stalled { lag, since } = watchdog.check(consumer).await {
+    if let Verdict::Stalled { lag, since } = watchdog.check().await {
         tracing::warn!(%group, lag, stalled_s = since.as_secs(),
             "consumer group lags and has not moved; rebuilding the consumer");
         watchdog.rebuilt();
-        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Async: a broker that is slow to answer must not block this thread.
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!(%error, "offset commit before rebuilding");
         }
         anyhow::bail!("consumer group {group} stalled {lag} records behind for {since:?}");

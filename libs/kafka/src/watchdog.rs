@@ -18,11 +18,11 @@ use std::{
 
 use rdkafka::{
     Offset, TopicPartitionList,
-    consumer::{Consumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer},
     util::Timeout,
 };
 
-use crate::KafkaContext;
+use crate::{KafkaConfig, KafkaContext};
 
 /// How each consumer group of a process is doing, for `/readyz`. Cloned into every
 /// consumer of the process (it travels in [`crate::KafkaConfig`]).
@@ -72,9 +72,12 @@ struct Position {
     committed: i64,
 }
 
-/// One consumer's watchdog.
-#[derive(Debug)]
+/// One consumer's watchdog. It asks through a client of its own that never joins the
+/// group: the same queries through the member's handle, while the broker was away,
+/// kept the member from rejoining after the broker came back (seen on tansu).
 pub struct Watchdog {
+    config: KafkaConfig,
+    client: Option<Arc<BaseConsumer<KafkaContext>>>,
     group: String,
     topics: Vec<String>,
     stall_after: Duration,
@@ -87,14 +90,26 @@ pub struct Watchdog {
 /// How often the broker is asked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("group", &self.group)
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Watchdog {
     pub fn new(
+        config: &KafkaConfig,
         group: &str,
         physical_topics: &[String],
         stall_after: Duration,
         health: ConsumerHealth,
     ) -> Self {
         Self {
+            config: config.clone(),
+            client: None,
             group: group.to_owned(),
             topics: physical_topics.to_vec(),
             stall_after,
@@ -117,10 +132,25 @@ impl Watchdog {
     }
 
     /// Asks the broker for the group's committed offsets and the log ends.
-    pub async fn check(&mut self, consumer: &Arc<StreamConsumer<KafkaContext>>) -> Verdict {
+    pub async fn check(&mut self) -> Verdict {
         self.checked_at = Instant::now();
-        let (consumer, topics) = (consumer.clone(), self.topics.clone());
-        let position = tokio::task::spawn_blocking(move || position(&consumer, &topics))
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => {
+                let created: Result<BaseConsumer<KafkaContext>, _> = self
+                    .config
+                    .client_config()
+                    .set("group.id", &self.group)
+                    .set("enable.auto.commit", "false")
+                    .create_with_context(KafkaContext::default());
+                match created {
+                    Ok(c) => self.client.insert(Arc::new(c)).clone(),
+                    Err(_) => return Verdict::Unknown,
+                }
+            }
+        };
+        let topics = self.topics.clone();
+        let position = tokio::task::spawn_blocking(move || position(&client, &topics))
             .await
             .ok()
             .flatten();
@@ -168,7 +198,7 @@ impl Watchdog {
 
 /// Lag (log end minus committed offset, summed over every partition of the topics)
 /// and the sum of committed offsets; None when the broker does not answer in time.
-fn position(consumer: &StreamConsumer<KafkaContext>, topics: &[String]) -> Option<Position> {
+fn position(consumer: &BaseConsumer<KafkaContext>, topics: &[String]) -> Option<Position> {
     let timeout = Timeout::After(Duration::from_secs(3));
     let mut partitions = TopicPartitionList::new();
     for topic in topics {

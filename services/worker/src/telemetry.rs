@@ -138,6 +138,7 @@ async fn run_once(
         std::slice::from_ref(&topic),
     )?);
     let mut watchdog = Watchdog::new(
+        kafka,
         &kafka.group(CONSUMER_GROUP),
         std::slice::from_ref(&topic),
         kafka.stall_after(),
@@ -150,8 +151,12 @@ async fn run_once(
     tracing::info!(%topic, "telemetry consumer started");
 
     'poll: loop {
-        if watchdog.due() {
-            consumer::stop_if_stalled(&mut watchdog, &consumer, CONSUMER_GROUP).await?;
+        if watchdog.due()
+            && let Err(stalled) =
+                consumer::stop_if_stalled(&mut watchdog, &consumer, CONSUMER_GROUP).await
+        {
+            consumer::close_off_thread(consumer);
+            return Err(stalled);
         }
         let first = tokio::select! {
             () = cancel.cancelled() => break,

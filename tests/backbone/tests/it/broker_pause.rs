@@ -117,14 +117,15 @@ async fn the_watchdog_calls_a_group_stuck_when_it_lags_and_does_not_move_and_hea
             .expect("subscribe"),
     );
     let mut watchdog = Watchdog::new(
+        &kafka,
         &kafka.group(group),
         std::slice::from_ref(&topic),
         Duration::from_secs(2),
         kafka.health.clone(),
     );
-    assert_eq!(watchdog.check(&consumer).await, Verdict::Healthy, "not yet");
+    assert_eq!(watchdog.check().await, Verdict::Healthy, "not yet");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    match watchdog.check(&consumer).await {
+    match watchdog.check().await {
         Verdict::Stalled { lag, .. } => assert_eq!(lag, 5),
         other => panic!("expected a stall, got {other:?}"),
     }
@@ -141,6 +142,6 @@ async fn the_watchdog_calls_a_group_stuck_when_it_lags_and_does_not_move_and_hea
             .expect("offset");
     }
     consumer.commit(&offsets, CommitMode::Sync).expect("commit");
-    assert_eq!(watchdog.check(&consumer).await, Verdict::Healthy);
+    assert_eq!(watchdog.check().await, Verdict::Healthy);
     assert!(kafka.health.stalled().is_empty());
 }
