@@ -80,7 +80,7 @@ db-migrate:
 # Write the AsyncAPI document as json or html to asyncapi/dist/.
 gen-asyncapi-spec format="html":
     scripts/install-tools.sh node
-    node asyncapi/tools/asyncapi.mjs {{format}}
+    node tools/node/asyncapi.mjs {{format}}
 
 # Write the api's OpenAPI document (generated from the code) to services/api/openapi.json or .yaml.
 gen-api-spec format="json":
@@ -90,7 +90,7 @@ gen-api-spec format="json":
 # Validate asyncapi/asyncapi.yaml with the AsyncAPI parser.
 validate-asyncapi:
     scripts/install-tools.sh node
-    node asyncapi/tools/asyncapi.mjs validate
+    node tools/node/asyncapi.mjs validate
 
 # ---- quality -----------------------------------------------------------------------
 
