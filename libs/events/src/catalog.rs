@@ -172,6 +172,12 @@ pub static DISPATCH_EVENT_MISSED: EventType = event_type!(
     "dispatch-event-missed.avsc"
 );
 
+pub static SETTLEMENT_CALCULATED: EventType = event_type!(
+    "pmcore.settlement.calculated.v1",
+    SETTLEMENTS,
+    "settlement-calculated.avsc"
+);
+
 pub static GATEWAY_CONNECTED: EventType = event_type!(
     "pmcore.gateway.connected.v1",
     GATEWAYS,
@@ -221,6 +227,7 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &DISPATCH_EVENT_STARTED,
     &DISPATCH_EVENT_COMPLETED,
     &DISPATCH_EVENT_MISSED,
+    &SETTLEMENT_CALCULATED,
     &GATEWAY_CONNECTED,
     &GATEWAY_DISCONNECTED,
     &TELEMETRY_BATCH,

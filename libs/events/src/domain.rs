@@ -314,6 +314,46 @@ impl DomainEvent for DispatchEventCompleted {
     }
 }
 
+/// `pmcore.settlement.calculated.v1`: a version of an event's measurement and
+/// settlement was computed and stored. Amounts are exact decimals as strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettlementCalculated {
+    pub event_id: String,
+    pub program_id: String,
+    pub run_id: String,
+    pub version: i32,
+    pub computed_at: i64,
+    pub reason: String,
+    pub method: String,
+    pub der_count: i32,
+    pub measured_count: i32,
+    pub delivered_kwh: String,
+    pub total_amount: String,
+    pub currency: String,
+    pub report_key: String,
+    pub chart_key: String,
+    pub organizations: Vec<OrganizationSettlement>,
+}
+
+/// One organization's share of a settlement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrganizationSettlement {
+    pub settlement_id: String,
+    pub organization_id: String,
+    pub der_count: i32,
+    pub measured_count: i32,
+    pub delivered_kwh: String,
+    pub total: String,
+}
+
+impl DomainEvent for SettlementCalculated {
+    const TYPE: &'static EventType = &catalog::SETTLEMENT_CALCULATED;
+
+    fn subject(&self) -> String {
+        self.event_id.clone()
+    }
+}
+
 /// `pmcore.dispatch-event.missed.v1`: the window passed while no scheduler ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DispatchEventMissed {

@@ -3,6 +3,7 @@
 pub mod anomalies;
 pub mod command_acks;
 pub mod eligibility;
+pub mod settlement;
 pub mod telemetry;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -14,7 +15,11 @@ use pmcore_kafka::{
     KafkaConfig,
     consumer::{self, ConsumerSpec},
 };
-use pmcore_runtime::{Platform, Service, supervise, task};
+use pmcore_runtime::{
+    Platform, Service,
+    clock::{self, SharedClock},
+    supervise, task,
+};
 use pmcore_storage::S3Config;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +44,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: telemetry::StoreConfig,
+
+    #[command(flatten)]
+    pub settlement: settlement::SettleConfig,
 }
 
 #[derive(Debug)]
@@ -46,9 +54,22 @@ pub struct App {
     config: Config,
     platform: Platform,
     s3: pmcore_storage::Client,
+    clock: SharedClock,
 }
 
 impl App {
+    /// The worker reading time from `clock` (tests move it instead of sleeping).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        let s3 = pmcore_storage::client(&config.s3);
+        Ok(Self {
+            config,
+            platform,
+            s3,
+            clock,
+        })
+    }
+
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
     }
@@ -69,13 +90,7 @@ impl Service for App {
     }
 
     async fn build(config: Config) -> anyhow::Result<Self> {
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
-        let s3 = pmcore_storage::client(&config.s3);
-        Ok(Self {
-            config,
-            platform,
-            s3,
-        })
+        Self::build_with_clock(config, clock::system()).await
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -108,6 +123,25 @@ impl Service for App {
             self.config.telemetry.clone(),
             cancel.clone(),
         );
+        let queue_settlements = consumer::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            ConsumerSpec {
+                group: settlement::CONSUMER_GROUP.to_owned(),
+                topics: vec![catalog::DISPATCH_EVENTS.name],
+                inbox: Inbox::Pm,
+            },
+            settlement::handler(&self.config.settlement),
+            cancel.clone(),
+        );
+        let settle = settlement::run(
+            self.platform.pool.clone(),
+            self.s3.clone(),
+            self.config.s3.reports_bucket.clone(),
+            self.clock.clone(),
+            self.config.settlement.clone(),
+            cancel.clone(),
+        );
         let silence = anomalies::watch_silence(
             self.platform.pool.clone(),
             self.config.telemetry.anomalies.clone(),
@@ -123,6 +157,8 @@ impl Service for App {
                 task(acks),
                 task(telemetry),
                 task(silence),
+                task(queue_settlements),
+                task(settle),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

@@ -19,6 +19,7 @@ pub(crate) async fn spawn_worker(api: &TestApi) -> Running {
         kafka: api.kafka.clone(),
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),
+        settlement: Default::default(),
     };
     let app = pmcore_worker::App::build(config)
         .await

@@ -73,6 +73,7 @@ impl Env {
                 batch_wait_ms: 50,
                 ..Default::default()
             },
+            settlement: Default::default(),
         };
         let app = pmcore_worker::App::build(config)
             .await

@@ -116,6 +116,7 @@ async fn worker(db: &TestDb, kafka: &KafkaConfig) -> Running {
         kafka: kafka.clone(),
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),
+        settlement: Default::default(),
     };
     let app = pmcore_worker::App::build(config)
         .await
