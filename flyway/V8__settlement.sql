@@ -123,6 +123,9 @@ create table pm.settlement (
 create index settlement_organization_idx on pm.settlement (organization_id, event_starts_at, id);
 create index settlement_event_idx on pm.settlement (event_id, version, id);
 
+-- A DER's other events (never comparison days).
+create index dispatch_allocation_der_idx on pm.dispatch_allocation (der_id, event_id);
+
 grant select, insert, update on pm.settlement_request to pmcore_worker;
 grant select, insert on pm.settlement_run, pm.der_performance, pm.settlement to pmcore_worker;
 grant select, insert on pm.settlement_request to pmcore_api;

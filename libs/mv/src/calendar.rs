@@ -60,6 +60,18 @@ impl Holidays {
     }
 }
 
+/// The local dates an instant range `[start, end]` touches in `tz` (an event's days,
+/// which are never comparison days for its DERs).
+pub fn local_days(
+    start: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+    tz: chrono_tz::Tz,
+) -> impl Iterator<Item = NaiveDate> {
+    let first = start.with_timezone(&tz).date_naive();
+    let last = end.with_timezone(&tz).date_naive();
+    first.iter_days().take_while(move |d| *d <= last)
+}
+
 /// NERC's holidays of `year`, as observed.
 pub fn nerc_holidays(year: i32) -> [NaiveDate; 6] {
     let fixed = |month, day| {
@@ -119,6 +131,16 @@ mod tests {
         assert!(Holidays::default().is_holiday(d("2022-12-26")));
         assert!(Holidays::default().is_holiday(d("2023-01-02")));
         assert!(!Holidays::default().is_holiday(d("2022-12-27")));
+    }
+
+    #[test]
+    fn an_event_across_local_midnight_touches_two_days() {
+        // 06:00–08:00 UTC is 23:00–01:00 in Los Angeles (PDT, UTC−7) on 14–15 July.
+        let tz: chrono_tz::Tz = "America/Los_Angeles".parse().expect("zone");
+        let start = "2026-07-15T06:00:00Z".parse().expect("ts");
+        let end = "2026-07-15T08:00:00Z".parse().expect("ts");
+        let days: Vec<NaiveDate> = local_days(start, end, tz).collect();
+        assert_eq!(days, vec![d("2026-07-14"), d("2026-07-15")]);
     }
 
     #[test]

@@ -55,6 +55,27 @@ pub struct S3Config {
         default_value = "pmcore-reports"
     )]
     pub reports_bucket: String,
+
+    /// Endpoint in the download links the api hands out, when clients reach the S3
+    /// server by another address than the services do (e.g. `http://localhost:9000`
+    /// outside Docker). Defaults to the endpoint.
+    #[arg(long = "s3-public-endpoint", env = "PMCORE_S3_PUBLIC_ENDPOINT")]
+    pub public_endpoint: Option<String>,
+}
+
+impl Default for S3Config {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:9000".to_owned(),
+            region: "us-east-1".to_owned(),
+            access_key: "pmcore".to_owned(),
+            secret_key: SecretString::from("pmcore-secret"),
+            inbound_bucket: "pmcore-inbound".to_owned(),
+            reports_bucket: "pmcore-reports".to_owned(),
+            public_endpoint: None,
+        }
+    }
 }
 
 impl S3Config {
@@ -64,6 +85,44 @@ impl S3Config {
 }
 
 pub fn client(config: &S3Config) -> Client {
+    client_at(config, &config.endpoint)
+}
+
+/// A client whose presigned links point at the public endpoint.
+pub fn link_client(config: &S3Config) -> Client {
+    client_at(
+        config,
+        config
+            .public_endpoint
+            .as_deref()
+            .unwrap_or(&config.endpoint),
+    )
+}
+
+/// A short-lived GET link to `key` (signing only; no request is made).
+pub async fn presigned_get(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)?;
+    let request = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(config)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "presigning {key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(request.uri().to_owned())
+}
+
+fn client_at(config: &S3Config, endpoint: &str) -> Client {
     let credentials = Credentials::new(
         &config.access_key,
         config.secret_key.expose_secret(),
@@ -73,7 +132,7 @@ pub fn client(config: &S3Config) -> Client {
     );
     let s3 = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(&config.endpoint)
+        .endpoint_url(endpoint)
         .region(Region::new(config.region.clone()))
         .credentials_provider(credentials)
         .force_path_style(true)

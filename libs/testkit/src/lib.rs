@@ -49,6 +49,7 @@ pub fn s3() -> pmcore_storage::S3Config {
         secret_key: var("PMCORE_S3_SECRET_KEY", "pmcore-secret").into(),
         inbound_bucket: "pmcore-inbound".into(),
         reports_bucket: "pmcore-reports".into(),
+        public_endpoint: None,
     }
 }
 

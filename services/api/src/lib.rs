@@ -2,6 +2,7 @@
 //! OAuth2 token endpoint. Every change commits with its event through the outbox.
 
 pub mod auth;
+pub mod baselines;
 pub mod ders;
 pub mod dispatch;
 pub mod enrollments;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod organizations;
 pub mod pagination;
 pub mod programs;
+pub mod settlements;
 pub mod state;
 pub mod telemetry;
 
@@ -105,6 +107,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub kafka: KafkaConfig,
+
+    /// The reports bucket, for the download links the api signs.
+    #[command(flatten)]
+    pub s3: pmcore_storage::S3Config,
 }
 
 impl Config {
@@ -122,6 +128,7 @@ impl Config {
             oidc: auth::oidc::OidcConfig::disabled(),
             database,
             kafka,
+            s3: pmcore_storage::S3Config::default(),
         }
     }
 }
@@ -198,6 +205,10 @@ impl Service for App {
             )),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
             oidc: auth::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
+            reports: state::Reports {
+                client: pmcore_storage::link_client(&config.s3),
+                bucket: config.s3.reports_bucket.clone(),
+            },
         };
         Ok(Self {
             config,

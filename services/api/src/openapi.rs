@@ -7,8 +7,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth, ders, dispatch, enrollments, gateways, organizations, programs, state::AppState,
-    telemetry,
+    auth, baselines, ders, dispatch, enrollments, gateways, organizations, programs, settlements,
+    state::AppState, telemetry,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use crate::{
         (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
         (name = "dispatch-events", description = "Scheduling, cancellation, opt-outs, and each running event's commands and live response"),
         (name = "telemetry", description = "Readings, aggregates and anomalies"),
+        (name = "settlements", description = "Measured performance of completed events, baselines, settlements and their reports"),
     )
 )]
 struct ApiDoc;
@@ -79,6 +80,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dispatch::opt_out))
         .routes(routes!(dispatch::execution::commands))
         .routes(routes!(dispatch::execution::status))
+        .routes(routes!(settlements::performance))
+        .routes(routes!(settlements::recompute))
+        .routes(routes!(settlements::list))
+        .routes(routes!(settlements::get))
+        .routes(routes!(baselines::preview))
         .routes(routes!(telemetry::der_series))
         .routes(routes!(telemetry::aggregate))
         .routes(routes!(telemetry::anomalies))

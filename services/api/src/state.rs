@@ -15,4 +15,13 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// The external OIDC provider, when one is configured.
     pub oidc: Option<Arc<Oidc>>,
+    /// Where reports live, for download links.
+    pub reports: Reports,
+}
+
+/// Signs links to the reports bucket (signing only: the api never reads reports).
+#[derive(Debug, Clone)]
+pub struct Reports {
+    pub client: pmcore_storage::Client,
+    pub bucket: String,
 }

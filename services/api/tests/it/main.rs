@@ -12,4 +12,5 @@ mod oidc;
 mod openapi;
 mod organizations;
 mod programs;
+mod settlements;
 mod telemetry;

@@ -6,8 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use chrono_tz::Tz;
-use futures::TryStreamExt;
-use pmcore_mv::{baseline::Window, calendar::Holidays, series::Series, settlement::Rates};
+use pmcore_mv::{
+    baseline::Window,
+    calendar::{Holidays, local_days},
+    series::Series,
+    settlement::Rates,
+};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -113,30 +117,19 @@ pub async fn participants(
     .fetch_all(&mut *conn)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-    let others: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "select a.der_id, e.starts_at, e.ends_at
-         from pm.dispatch_allocation a join pm.dispatch_event e on e.id = a.event_id
-         where a.der_id = any($1) and a.event_id <> $2
-           and e.started_at is not null and e.ends_at > $3 and e.starts_at < $4",
+    let others = pmcore_db::telemetry::other_events(
+        &mut *conn,
+        &ids,
+        Some(rules.event_id),
+        since,
+        rules.window.end,
     )
-    .bind(&ids)
-    .bind(rules.event_id)
-    .bind(since)
-    .bind(rules.window.end)
-    .fetch_all(&mut *conn)
     .await?;
     let mut days: BTreeMap<Uuid, BTreeSet<NaiveDate>> = BTreeMap::new();
     for (der, start, end) in others {
-        let set = days.entry(der).or_default();
-        let mut d = start.with_timezone(&rules.time_zone).date_naive();
-        let last = end.with_timezone(&rules.time_zone).date_naive();
-        while d <= last {
-            set.insert(d);
-            d = d.succ_opt().unwrap_or(d);
-            if d == NaiveDate::MAX {
-                break;
-            }
-        }
+        days.entry(der)
+            .or_default()
+            .extend(local_days(start, end, rules.time_zone));
     }
     Ok(rows
         .into_iter()
@@ -163,23 +156,12 @@ pub async fn series(
 ) -> anyhow::Result<BTreeMap<Uuid, Series>> {
     let mut out: BTreeMap<Uuid, Vec<(DateTime<Utc>, f64)>> =
         ders.iter().map(|d| (*d, Vec::new())).collect();
-    let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
-        "select der_id, date_bin(make_interval(secs => $4), ts, timestamptz '1970-01-01 00:00:00+00') as bucket,
-                avg(power_kw) as kw
-         from pm.telemetry
-         where der_id = any($1) and ts >= $2 and ts < $3
-         group by 1, 2",
-    )
-    .bind(ders)
-    .bind(from)
-    .bind(to)
-    .bind(interval.num_seconds() as f64)
-    .fetch(conn);
-    while let Some((der, bucket, kw)) = rows.try_next().await? {
+    pmcore_db::telemetry::interval_means(conn, ders, interval, from, to, |der, bucket, kw| {
         if let Some(points) = out.get_mut(&der) {
             points.push((bucket, kw));
         }
-    }
+    })
+    .await?;
     Ok(out
         .into_iter()
         .map(|(der, points)| (der, Series::from_intervals(interval, points)))

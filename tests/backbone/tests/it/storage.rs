@@ -15,6 +15,7 @@ fn config() -> S3Config {
             .into(),
         inbound_bucket: format!("inbound-{suffix}"),
         reports_bucket: format!("reports-{suffix}"),
+        public_endpoint: None,
     }
 }
 

@@ -1,0 +1,60 @@
+//! Telemetry reads shared by the services that measure (the worker's settlement,
+//! the api's baseline preview).
+
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Mean power per DER and `interval`-long bucket over `[from, to)`, buckets aligned
+/// on the Unix epoch; `on_row` sees each `(der, bucket start, mean kW)` as it
+/// streams, in no particular order. Postgres aggregates, so a day of 1 Hz readings
+/// crosses the wire as 96 rows at 15 minutes.
+pub async fn interval_means(
+    conn: &mut PgConnection,
+    ders: &[Uuid],
+    interval: TimeDelta,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut on_row: impl FnMut(Uuid, DateTime<Utc>, f64),
+) -> sqlx::Result<()> {
+    let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
+        "select der_id, date_bin(make_interval(secs => $4), ts, timestamptz '1970-01-01 00:00:00+00'),
+                avg(power_kw)
+         from pm.telemetry
+         where der_id = any($1) and ts >= $2 and ts < $3
+         group by 1, 2",
+    )
+    .bind(ders)
+    .bind(from)
+    .bind(to)
+    .bind(interval.num_seconds() as f64)
+    .fetch(conn);
+    while let Some((der, bucket, kw)) = rows.try_next().await? {
+        on_row(der, bucket, kw);
+    }
+    Ok(())
+}
+
+/// Every started event (other than `except`) of each of `ders` that overlaps
+/// `[since, until)`: `(der, starts_at, ends_at)`.
+pub async fn other_events(
+    conn: &mut PgConnection,
+    ders: &[Uuid],
+    except: Option<Uuid>,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>, DateTime<Utc>)>> {
+    sqlx::query_as(
+        "select a.der_id, e.starts_at, e.ends_at
+         from pm.dispatch_allocation a join pm.dispatch_event e on e.id = a.event_id
+         where a.der_id = any($1) and ($2::uuid is null or a.event_id <> $2)
+           and e.started_at is not null and e.ends_at > $3 and e.starts_at < $4",
+    )
+    .bind(ders)
+    .bind(except)
+    .bind(since)
+    .bind(until)
+    .fetch_all(conn)
+    .await
+}
