@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use self::model::{
     BaselineMethod, DerType, Eligibility, EventLimits, ProgramIn, ProgramKind, ProgramOut,
-    ProgramPatch, ProgramStatus, Transition,
+    ProgramPatch, ProgramStatus, SettlementRules, Transition,
 };
 use crate::{
     auth::{Principal, Role},
@@ -34,7 +34,8 @@ const COLUMNS: &str = "id, organization_id, name, kind, status, description, tim
     target_capacity_kw::float8 as target_capacity_kw, capacity_rate_cents_kw_month,
     energy_rate_cents_kwh, baseline_method, eligible_der_types,
     min_nameplate_kw::float8 as min_nameplate_kw, eligible_feeders, max_events_per_season,
-    max_event_duration_minutes, min_notice_minutes, created_at, updated_at";
+    max_event_duration_minutes, min_notice_minutes, baseline_params, interval_minutes, holidays,
+    penalty_rate_cents_kwh, capacity_events_per_month, created_at, updated_at";
 
 #[derive(FromRow)]
 struct ProgramRow {
@@ -55,6 +56,11 @@ struct ProgramRow {
     max_events_per_season: i32,
     max_event_duration_minutes: i32,
     min_notice_minutes: i32,
+    baseline_params: serde_json::Value,
+    interval_minutes: i32,
+    holidays: serde_json::Value,
+    penalty_rate_cents_kwh: i64,
+    capacity_events_per_month: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -75,6 +81,13 @@ impl TryFrom<ProgramRow> for ProgramOut {
             capacity_rate_cents_kw_month: r.capacity_rate_cents_kw_month,
             energy_rate_cents_kwh: r.energy_rate_cents_kwh,
             baseline_method: r.baseline_method.parse::<BaselineMethod>()?,
+            settlement: SettlementRules {
+                baseline_params: r.baseline_params,
+                interval_minutes: r.interval_minutes,
+                holidays: serde_json::from_value(r.holidays)?,
+                penalty_rate_cents_kwh: r.penalty_rate_cents_kwh,
+                capacity_events_per_month: r.capacity_events_per_month,
+            },
             eligibility: Eligibility {
                 der_types: r
                     .eligible_der_types
@@ -115,15 +128,18 @@ async fn write(conn: &mut PgConnection, p: &ProgramOut, insert: bool) -> ApiResu
         "insert into pm.program (id, organization_id, name, kind, status, description, time_zone,
             target_capacity_kw, capacity_rate_cents_kw_month, energy_rate_cents_kwh, baseline_method,
             eligible_der_types, min_nameplate_kw, eligible_feeders, max_events_per_season,
-            max_event_duration_minutes, min_notice_minutes, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            max_event_duration_minutes, min_notice_minutes, created_at, updated_at, baseline_params,
+            interval_minutes, holidays, penalty_rate_cents_kwh, capacity_events_per_month)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                 $20, $21, $22, $23, $24)"
     } else {
         "update pm.program set organization_id = $2, name = $3, kind = $4, status = $5,
             description = $6, time_zone = $7, target_capacity_kw = $8,
             capacity_rate_cents_kw_month = $9, energy_rate_cents_kwh = $10, baseline_method = $11,
             eligible_der_types = $12, min_nameplate_kw = $13, eligible_feeders = $14,
             max_events_per_season = $15, max_event_duration_minutes = $16, min_notice_minutes = $17,
-            created_at = $18, updated_at = $19
+            created_at = $18, updated_at = $19, baseline_params = $20, interval_minutes = $21,
+            holidays = $22, penalty_rate_cents_kwh = $23, capacity_events_per_month = $24
          where id = $1"
     };
     sqlx::query(sql)
@@ -146,6 +162,11 @@ async fn write(conn: &mut PgConnection, p: &ProgramOut, insert: bool) -> ApiResu
         .bind(p.limits.min_notice_minutes)
         .bind(p.created_at)
         .bind(p.updated_at)
+        .bind(&p.settlement.baseline_params)
+        .bind(p.settlement.interval_minutes)
+        .bind(serde_json::to_value(&p.settlement.holidays).map_err(anyhow::Error::from)?)
+        .bind(p.settlement.penalty_rate_cents_kwh)
+        .bind(p.settlement.capacity_events_per_month)
         .execute(conn)
         .await?;
     Ok(())

@@ -51,22 +51,78 @@ pub enum ProgramStatus {
 wire_names!(ProgramStatus { Draft => "draft", Open => "open", Active => "active", Closed => "closed" });
 
 /// How a DER's counterfactual load is estimated: the average of the 10 most recent
-/// like days (CAISO 10-in-10), the highest 4 of the last 5 (PJM), or the meter just
-/// before the event.
+/// like days (CAISO 10-in-10), the highest 4 of the last 5 (PJM), the highest 5 of
+/// 10 (NYISO), the middle 8 of 10 (ERCOT), or the meter just before the event. See
+/// `docs/settlement.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum BaselineMethod {
     #[serde(rename = "x_of_y_10_10")]
     XOfY10In10,
     #[serde(rename = "x_of_y_high_4_5")]
     XOfYHigh4Of5,
+    #[serde(rename = "x_of_y_high_5_10")]
+    XOfYHigh5Of10,
+    #[serde(rename = "x_of_y_middle_8_10")]
+    XOfYMiddle8Of10,
     #[serde(rename = "meter_before_after")]
     MeterBeforeAfter,
 }
 wire_names!(BaselineMethod {
     XOfY10In10 => "x_of_y_10_10",
     XOfYHigh4Of5 => "x_of_y_high_4_5",
+    XOfYHigh5Of10 => "x_of_y_high_5_10",
+    XOfYMiddle8Of10 => "x_of_y_middle_8_10",
     MeterBeforeAfter => "meter_before_after",
 });
+
+/// How events of the program are measured and paid (all optional on input).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettlementRules {
+    /// Overrides of the baseline method's parameters, e.g.
+    /// `{"weekday": {"adjustment": {"kind": "none"}}}` (see `docs/settlement.md`).
+    #[schema(value_type = Object)]
+    pub baseline_params: serde_json::Value,
+    /// Measurement interval: 5, 15, 30 or 60 minutes.
+    pub interval_minutes: i32,
+    /// Days that count as holidays (weekend-like) for comparison days.
+    pub holidays: Holidays,
+    /// Non-performance penalty in cents per kWh short of committed kW × event hours.
+    pub penalty_rate_cents_kwh: i64,
+    /// Each event earns 1 / this of a month's capacity payment.
+    pub capacity_events_per_month: i32,
+}
+
+impl Default for SettlementRules {
+    fn default() -> Self {
+        Self {
+            baseline_params: serde_json::json!({}),
+            interval_minutes: 15,
+            holidays: Holidays::default(),
+            penalty_rate_cents_kwh: 0,
+            capacity_events_per_month: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Holidays {
+    /// NERC's six holidays (New Year's, Memorial Day, Independence Day, Labor Day,
+    /// Thanksgiving, Christmas; Sunday ones observed on Monday).
+    pub nerc: bool,
+    /// Further local dates.
+    pub extra: Vec<chrono::NaiveDate>,
+}
+
+impl Default for Holidays {
+    fn default() -> Self {
+        Self {
+            nerc: true,
+            extra: Vec::new(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +179,8 @@ pub struct ProgramIn {
     /// Energy payment in cents per kWh.
     pub energy_rate_cents_kwh: i64,
     pub baseline_method: BaselineMethod,
+    #[serde(default)]
+    pub settlement: SettlementRules,
     pub eligibility: Eligibility,
     pub limits: EventLimits,
 }
@@ -138,6 +196,7 @@ pub struct ProgramPatch {
     pub capacity_rate_cents_kw_month: Option<i64>,
     pub energy_rate_cents_kwh: Option<i64>,
     pub baseline_method: Option<BaselineMethod>,
+    pub settlement: Option<SettlementRules>,
     pub eligibility: Option<Eligibility>,
     pub limits: Option<EventLimits>,
 }
@@ -155,6 +214,7 @@ pub struct ProgramOut {
     pub capacity_rate_cents_kw_month: i64,
     pub energy_rate_cents_kwh: i64,
     pub baseline_method: BaselineMethod,
+    pub settlement: SettlementRules,
     pub eligibility: Eligibility,
     pub limits: EventLimits,
     pub created_at: DateTime<Utc>,
@@ -182,6 +242,7 @@ impl ProgramOut {
         set!(capacity_rate_cents_kw_month);
         set!(energy_rate_cents_kwh);
         set!(baseline_method);
+        set!(settlement);
         set!(eligibility);
         set!(limits);
         changed
@@ -214,6 +275,39 @@ impl ProgramOut {
             e.push(FieldError::new(
                 "/energy_rate_cents_kwh",
                 "must not be negative",
+            ));
+        }
+        let r = &self.settlement;
+        if let Err(err) =
+            pmcore_mv::baseline::method(self.baseline_method.as_str(), &r.baseline_params)
+        {
+            e.push(FieldError::new(
+                "/settlement/baseline_params",
+                err.to_string(),
+            ));
+        }
+        if ![5, 15, 30, 60].contains(&r.interval_minutes) {
+            e.push(FieldError::new(
+                "/settlement/interval_minutes",
+                "must be 5, 15, 30 or 60",
+            ));
+        }
+        if r.holidays.extra.len() > 1000 {
+            e.push(FieldError::new(
+                "/settlement/holidays/extra",
+                "at most 1000 dates",
+            ));
+        }
+        if r.penalty_rate_cents_kwh < 0 {
+            e.push(FieldError::new(
+                "/settlement/penalty_rate_cents_kwh",
+                "must not be negative",
+            ));
+        }
+        if !(1..=31).contains(&r.capacity_events_per_month) {
+            e.push(FieldError::new(
+                "/settlement/capacity_events_per_month",
+                "must be 1 to 31",
             ));
         }
         non_negative(
@@ -281,6 +375,7 @@ impl ProgramIn {
             capacity_rate_cents_kw_month: self.capacity_rate_cents_kw_month,
             energy_rate_cents_kwh: self.energy_rate_cents_kwh,
             baseline_method: self.baseline_method,
+            settlement: self.settlement,
             eligibility: self.eligibility,
             limits: self.limits,
             created_at: now,

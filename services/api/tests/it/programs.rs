@@ -311,3 +311,74 @@ async fn an_unknown_program_is_404() {
         .expect("request");
     problem(response, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn settlement_rules_default_round_trip_and_are_checked_against_the_method() {
+    let api = spawn_app().await;
+    let manager = api.program_manager().await;
+    let created = create(&api, &manager).await;
+    assert_eq!(created["settlement"]["interval_minutes"], 15);
+    assert_eq!(created["settlement"]["holidays"]["nerc"], true);
+    assert_eq!(created["settlement"]["capacity_events_per_month"], 4);
+
+    let mut body = program_in();
+    body["baseline_method"] = json!("x_of_y_high_5_10");
+    body["settlement"] = json!({
+        "baseline_params": {"weekday": {"min_days": 3}},
+        "interval_minutes": 60,
+        "holidays": {"nerc": false, "extra": ["2026-12-24"]},
+        "penalty_rate_cents_kwh": 25
+    });
+    let response = api
+        .post("/v1/programs", &manager, &body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let program: Value = response.json().await.expect("json");
+    let id = program["id"].as_str().expect("id");
+    let fetched: Value = api
+        .get(&format!("/v1/programs/{id}"), &manager)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        fetched["settlement"]["baseline_params"],
+        json!({"weekday": {"min_days": 3}})
+    );
+    assert_eq!(
+        fetched["settlement"]["holidays"]["extra"],
+        json!(["2026-12-24"])
+    );
+    assert_eq!(
+        fetched["settlement"]["capacity_events_per_month"], 4,
+        "unset fields keep their default"
+    );
+
+    // Parameters the method does not know, or that break its rules, are refused
+    // with the method's own words; so is an interval the grid does not allow.
+    body["settlement"] =
+        json!({"baseline_params": {"weekday": {"min_days": 30}}, "interval_minutes": 7});
+    let response = api
+        .post("/v1/programs", &manager, &body)
+        .send()
+        .await
+        .expect("request");
+    let problem = problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let fields: BTreeSet<&str> = problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from([
+            "/settlement/baseline_params",
+            "/settlement/interval_minutes"
+        ])
+    );
+}
