@@ -114,7 +114,7 @@ coverage:
 # ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
 
 # Every benchmark.
-bench: bench-api bench-telemetry bench-dispatch
+bench: bench-api bench-telemetry bench-dispatch bench-settlement
 
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
@@ -127,6 +127,10 @@ bench-telemetry:
 # One dispatch event over 10,000 simulated DERs: start to commands stored, delivered, applied.
 bench-dispatch:
     scripts/bench-dispatch.sh
+
+# Settling one event of 200 to 2,000 DERs with 45 days of 5-minute history, against a plain scan.
+bench-settlement:
+    scripts/bench-settlement.sh
 
 # ---- run ---------------------------------------------------------------------------
 

@@ -93,3 +93,38 @@ proptest! {
         prop_assert_eq!(delivered(series, METHODS[m]), delivered(ordered, METHODS[m]));
     }
 }
+
+proptest! {
+    /// Whatever a method declares it reads is all it reads: the baseline from a
+    /// series cut down to `reads()` equals the one from the whole series, here
+    /// across a daylight-saving change in Los Angeles.
+    #[test]
+    fn a_method_reads_only_what_it_declares(
+        loads in prop::collection::vec(prop::collection::vec(0.5f64..20.0, 24), 60),
+        m in 0..5usize,
+        hour in 0..22u32,
+        minutes in 15..240i64,
+    ) {
+        let methods = ["x_of_y_10_10", "x_of_y_high_4_5", "x_of_y_high_5_10", "x_of_y_middle_8_10", "meter_before_after"];
+        let la: Tz = "America/Los_Angeles".parse().expect("zone");
+        // 60 days of hourly data ending Wednesday 18 March 2026 (DST began 8 March).
+        let first = at("2026-01-18T08:00:00Z");
+        let readings: Vec<_> = loads
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, kw)| (first + TimeDelta::hours(i as i64), *kw))
+            .collect();
+        let full = Series::from_readings(TimeDelta::hours(1), readings.clone());
+        let start = local(la, "2026-03-18", hour);
+        let end = start + TimeDelta::minutes(minutes);
+        let method = pmcore_mv::baseline::method(methods[m], &serde_json::json!({})).expect("method");
+        let reads = method.reads(Window { start, end }, la);
+        let cut = Series::from_readings(
+            TimeDelta::hours(1),
+            readings.into_iter().filter(|(t, _)| reads.iter().any(|r| *t >= r.start && *t < r.end)),
+        );
+        let run = |series: Series| Case::new(series, la, start, end).run(methods[m], serde_json::json!({}));
+        prop_assert_eq!(run(full), run(cut));
+    }
+}

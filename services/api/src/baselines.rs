@@ -120,18 +120,16 @@ pub async fn preview(
         end: params.ends_at,
     };
     let from = params.starts_at - method.lookback();
+    let ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        baseline::on_grid(method.reads(window, rules.time_zone), rules.interval)
+            .into_iter()
+            .map(|w| (w.start, w.end))
+            .collect();
 
     let mut points = Vec::new();
-    pmcore_db::telemetry::interval_means(
-        &mut conn,
-        &[id],
-        rules.interval,
-        from,
-        params.ends_at,
-        |_, t, kw| {
-            points.push((t, kw));
-        },
-    )
+    pmcore_db::telemetry::interval_means(&mut conn, &[id], rules.interval, &ranges, |_, t, kw| {
+        points.push((t, kw));
+    })
     .await?;
     let series = Series::from_intervals(rules.interval, points);
     let event_days: BTreeSet<NaiveDate> =

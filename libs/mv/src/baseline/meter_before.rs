@@ -42,8 +42,9 @@ impl BaselineMethod for MeterBefore {
         "meter_before_after"
     }
 
+    /// Covers a first command up to an hour before the start (and any later one).
     fn lookback(&self) -> TimeDelta {
-        TimeDelta::minutes(self.params.minutes_before) + TimeDelta::hours(1)
+        TimeDelta::minutes(self.params.minutes_before) + TimeDelta::hours(2)
     }
 
     fn baseline(&self, input: &Input<'_>) -> Result<Baseline, Insufficient> {

@@ -96,9 +96,49 @@ pub struct Insufficient {
 
 pub trait BaselineMethod: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
-    /// How far back before the event the method reads (for the caller's query).
+    /// How far back before the event the method reads.
     fn lookback(&self) -> TimeDelta;
+    /// The time ranges whose readings the baseline may depend on, sorted and
+    /// disjoint: a caller that loads only these gets the same baseline as one that
+    /// loads everything (a property test holds every method to it).
+    fn reads(&self, event: Window, time_zone: Tz) -> Vec<Window> {
+        let _ = time_zone;
+        vec![Window {
+            start: event.start - self.lookback(),
+            end: event.end,
+        }]
+    }
     fn baseline(&self, input: &Input<'_>) -> Result<Baseline, Insufficient>;
+}
+
+/// `ranges` widened to whole intervals of `interval` and merged, so no interval is
+/// read twice or in part.
+pub fn on_grid(ranges: Vec<Window>, interval: TimeDelta) -> Vec<Window> {
+    let grid = Series::new(interval);
+    merge_ranges(
+        ranges
+            .into_iter()
+            .filter(|w| w.end > w.start)
+            .map(|w| Window {
+                start: grid.floor(w.start),
+                end: grid.floor(w.end - TimeDelta::nanoseconds(1)) + interval,
+            })
+            .collect(),
+    )
+}
+
+/// Sorts `ranges` and merges those that overlap or touch.
+pub fn merge_ranges(mut ranges: Vec<Window>) -> Vec<Window> {
+    ranges.retain(|r| r.end > r.start);
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Window> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,6 +215,31 @@ fn merge<T: Serialize + serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_snap_to_the_grid_and_merge() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("ts");
+        let w = |a: &str, b: &str| Window {
+            start: at(a),
+            end: at(b),
+        };
+        let got = on_grid(
+            vec![
+                w("2026-07-15T10:20:00Z", "2026-07-15T11:00:00Z"),
+                w("2026-07-15T09:00:00Z", "2026-07-15T10:05:00Z"),
+                w("2026-07-15T13:00:00Z", "2026-07-15T13:01:00Z"),
+            ],
+            TimeDelta::minutes(15),
+        );
+        // 09:00–10:15 and 10:15–11:00 touch once snapped; 13:00–13:15 stays apart.
+        assert_eq!(
+            got,
+            vec![
+                w("2026-07-15T09:00:00Z", "2026-07-15T11:00:00Z"),
+                w("2026-07-15T13:00:00Z", "2026-07-15T13:15:00Z")
+            ]
+        );
+    }
 
     #[test]
     fn every_registered_name_builds_with_defaults() {

@@ -25,7 +25,7 @@ use chrono::{DateTime, Days, LocalResult, NaiveDate, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::{Applied, Baseline, BaselineMethod, Input, Insufficient, Point, merge};
+use super::{Applied, Baseline, BaselineMethod, Input, Insufficient, Point, Window, merge};
 use crate::{calendar::DayType, series::Series};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -300,6 +300,46 @@ impl BaselineMethod for XOfY {
             .lookback_days
             .max(self.params.weekend_holiday.lookback_days);
         TimeDelta::days(i64::from(days) + 1)
+    }
+
+    /// Per candidate day, the local clock span from the earliest adjustment window
+    /// start to the event's end, widened by an hour each side so daylight-saving
+    /// shifts stay inside; and the event day itself.
+    fn reads(&self, event: Window, time_zone: Tz) -> Vec<Window> {
+        let rules = [&self.params.weekday, &self.params.weekend_holiday];
+        let from = rules
+            .iter()
+            .filter_map(|r| r.adjustment.window(event.start).map(|(from, _)| from))
+            .fold(event.start, DateTime::min);
+        let back = rules.iter().map(|r| r.lookback_days).max().unwrap_or(0);
+        let (local_from, local_to) = (
+            from.with_timezone(&time_zone).naive_local(),
+            event.end.with_timezone(&time_zone).naive_local(),
+        );
+        let at = |naive: chrono::NaiveDateTime| {
+            time_zone
+                .from_local_datetime(&naive)
+                .earliest()
+                .or_else(|| {
+                    time_zone
+                        .from_local_datetime(&(naive + TimeDelta::hours(1)))
+                        .earliest()
+                })
+                .map_or_else(|| naive.and_utc(), |t| t.with_timezone(&Utc))
+        };
+        let slack = TimeDelta::hours(1);
+        let mut ranges = vec![Window {
+            start: from,
+            end: event.end,
+        }];
+        for k in 1..=i64::from(back) {
+            let shift = TimeDelta::days(k);
+            ranges.push(Window {
+                start: at(local_from - shift) - slack,
+                end: at(local_to - shift) + slack,
+            });
+        }
+        super::merge_ranges(ranges)
     }
 
     fn baseline(&self, input: &Input<'_>) -> Result<Baseline, Insufficient> {

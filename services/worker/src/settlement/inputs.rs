@@ -145,18 +145,17 @@ pub async fn participants(
         .collect())
 }
 
-/// Interval means of `ders` over `[from, to)`, one series per DER (an empty one for
-/// a DER without readings).
+/// Interval means of `ders` within `ranges`, one series per DER (an empty one for a
+/// DER without readings).
 pub async fn series(
     conn: &mut PgConnection,
     ders: &[Uuid],
     interval: TimeDelta,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    ranges: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> anyhow::Result<BTreeMap<Uuid, Series>> {
     let mut out: BTreeMap<Uuid, Vec<(DateTime<Utc>, f64)>> =
         ders.iter().map(|d| (*d, Vec::new())).collect();
-    pmcore_db::telemetry::interval_means(conn, ders, interval, from, to, |der, bucket, kw| {
+    pmcore_db::telemetry::interval_means(conn, ders, interval, ranges, |der, bucket, kw| {
         if let Some(points) = out.get_mut(&der) {
             points.push((bucket, kw));
         }
