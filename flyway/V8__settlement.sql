@@ -16,7 +16,7 @@ alter table pm.program
                             'x_of_y_middle_8_10', 'meter_before_after')
     ),
     add constraint program_settlement_check check (
-        interval_minutes in (5, 15, 30, 60) and penalty_rate_cents_kwh >= 0
+        interval_minutes in (1, 5, 15, 30, 60) and penalty_rate_cents_kwh >= 0
         and capacity_events_per_month > 0
         and jsonb_typeof(baseline_params) = 'object' and jsonb_typeof(holidays) = 'object'
     );

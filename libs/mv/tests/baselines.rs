@@ -421,3 +421,42 @@ fn meter_before_holds_the_load_before_the_first_command() {
             .is_err()
     );
 }
+
+#[test]
+fn a_placebo_day_scores_the_method_against_what_happened() {
+    // Every day reads 10 kW except the placebo day, which reads 12 kW at 14:00 and
+    // 8 kW at 15:00 (and 10 kW before, so no adjustment moves the baseline): errors
+    // −2 and +2 over a mean actual of 10 → relative RMSE 0.2, bias 0.
+    let series = hourly(UTC, "2026-05-01", "2026-07-15", |day, hour| {
+        Some(match (day == d("2026-07-15"), hour) {
+            (true, 14) => 12.0,
+            (true, 15) => 8.0,
+            _ => 10.0,
+        })
+    });
+    let case = july_event(series);
+    let method =
+        pmcore_mv::baseline::method("x_of_y_10_10", &serde_json::json!({})).expect("method");
+    let input = pmcore_mv::baseline::Input {
+        series: &case.series,
+        event: case.event,
+        first_command_at: None,
+        time_zone: case.tz,
+        holidays: &case.holidays,
+        event_days: &case.event_days,
+    };
+    let pairs = pmcore_mv::accuracy::placebo_pairs(method.as_ref(), &input).expect("a baseline");
+    assert_eq!(
+        pairs,
+        vec![
+            (at("2026-07-15T14:00:00Z"), 10.0, 12.0),
+            (at("2026-07-15T15:00:00Z"), 10.0, 8.0)
+        ]
+    );
+    let a =
+        pmcore_mv::accuracy::accuracy(pairs.into_iter().map(|(_, b, a)| (b, a))).expect("scores");
+    assert!(
+        (a.relative_rmse - 0.2).abs() < 1e-12 && a.bias.abs() < 1e-12,
+        "{a:?}"
+    );
+}

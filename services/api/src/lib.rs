@@ -1,6 +1,7 @@
 //! `api`: the REST API (programs, DERs, gateways, enrollments, dispatch events) and the
 //! OAuth2 token endpoint. Every change commits with its event through the outbox.
 
+pub mod accuracy;
 pub mod auth;
 pub mod baselines;
 pub mod ders;

@@ -7,8 +7,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth, baselines, ders, dispatch, enrollments, gateways, organizations, programs, settlements,
-    state::AppState, telemetry,
+    accuracy, auth, baselines, ders, dispatch, enrollments, gateways, organizations, programs,
+    settlements, state::AppState, telemetry,
 };
 
 #[derive(OpenApi)]
@@ -85,6 +85,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(settlements::list))
         .routes(routes!(settlements::get))
         .routes(routes!(baselines::preview))
+        .routes(routes!(accuracy::report))
         .routes(routes!(telemetry::der_series))
         .routes(routes!(telemetry::aggregate))
         .routes(routes!(telemetry::anomalies))

@@ -83,7 +83,7 @@ pub struct SettlementRules {
     /// `{"weekday": {"adjustment": {"kind": "none"}}}` (see `docs/settlement.md`).
     #[schema(value_type = Object)]
     pub baseline_params: serde_json::Value,
-    /// Measurement interval: 5, 15, 30 or 60 minutes.
+    /// Measurement interval: 1, 5, 15, 30 or 60 minutes (1 for fast resources).
     pub interval_minutes: i32,
     /// Days that count as holidays (weekend-like) for comparison days.
     pub holidays: Holidays,

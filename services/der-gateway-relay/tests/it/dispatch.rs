@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::{Env, simulate, url};
 
-async fn scheduler(env: &Env) -> Running {
+pub(crate) async fn scheduler(env: &Env) -> Running {
     let config = pmcore_scheduler::Config {
         listen: ([127, 0, 0, 1], 0).into(),
         leader_poll_ms: 200,

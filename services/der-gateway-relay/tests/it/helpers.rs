@@ -73,7 +73,12 @@ impl Env {
                 batch_wait_ms: 50,
                 ..Default::default()
             },
-            settlement: Default::default(),
+            // Settled as soon as an event ends, looked for often.
+            settlement: pmcore_worker::settlement::SettleConfig {
+                delay_s: 0,
+                tick_ms: 200,
+                ..Default::default()
+            },
         };
         let app = pmcore_worker::App::build(config)
             .await

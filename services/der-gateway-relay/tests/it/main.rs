@@ -6,3 +6,4 @@ mod dispatch;
 mod helpers;
 mod pipeline;
 mod sessions;
+mod settlement;
