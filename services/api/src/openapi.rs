@@ -84,6 +84,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(settlements::recompute))
         .routes(routes!(settlements::list))
         .routes(routes!(settlements::get))
+        .routes(routes!(settlements::statement))
         .routes(routes!(baselines::preview))
         .routes(routes!(accuracy::report))
         .routes(routes!(telemetry::der_series))

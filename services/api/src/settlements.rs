@@ -507,3 +507,97 @@ pub async fn recompute(
         }),
     ))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatementParams {
+    /// Events starting at or after this instant.
+    from: DateTime<Utc>,
+    /// Events starting before this instant (at most 366 days after `from`).
+    to: DateTime<Utc>,
+}
+
+/// An organization's statement for a period, as CSV: the latest settlement version
+/// of each event that started in the period, and a total row.
+#[utoipa::path(
+    get, path = "/v1/organizations/{id}/statement", operation_id = "organization.statement", tag = "settlements",
+    params(("id" = Uuid, Path, description = "Organization id"), StatementParams),
+    responses(
+        (status = 200, description = "One row per event, then `TOTAL`", content_type = "text/csv", body = String),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn statement(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Query(params): Query<StatementParams>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if params.to <= params.from || params.to - params.from > chrono::Duration::days(366) {
+        return Err(ApiError::invalid(
+            "to",
+            "must be after `from`, by at most 366 days",
+        ));
+    }
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pm.organization where id = $1)")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !exists || !principal.can_see(id) {
+        return Err(ApiError::NotFound("organization"));
+    }
+    let rows: Vec<SettlementOut> = sqlx::query_as(&format!(
+        "select {SETTLEMENT_COLUMNS} from pm.settlement s
+          where s.organization_id = $1 and s.event_starts_at >= $2 and s.event_starts_at < $3
+            and not exists (select 1 from pm.settlement_run r where r.event_id = s.event_id and r.version > s.version)
+          order by s.event_starts_at, s.event_id"
+    ))
+    .bind(id)
+    .bind(params.from)
+    .bind(params.to)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut out = String::from(
+        "event_id,version,event_starts_at,der_count,measured_count,committed_kw,delivered_kwh,capacity_payment,energy_payment,penalty,total,currency\n",
+    );
+    let (mut delivered, mut capacity, mut energy, mut penalty, mut total) = (
+        Decimal::ZERO,
+        Decimal::ZERO,
+        Decimal::ZERO,
+        Decimal::ZERO,
+        Decimal::ZERO,
+    );
+    for s in &rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            s.event_id,
+            s.version,
+            s.event_starts_at.to_rfc3339(),
+            s.der_count,
+            s.measured_count,
+            s.committed_kw,
+            s.delivered_kwh,
+            s.capacity_payment,
+            s.energy_payment,
+            s.penalty,
+            s.total,
+            s.currency
+        ));
+        delivered += s.delivered_kwh;
+        capacity += s.capacity_payment;
+        energy += s.energy_payment;
+        penalty += s.penalty;
+        total += s.total;
+    }
+    out.push_str(&format!(
+        "TOTAL,,,{},,,{delivered},{capacity},{energy},{penalty},{total},USD\n",
+        rows.len()
+    ));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], out).into_response())
+}

@@ -173,11 +173,16 @@ pub fn fleet_svg(rules: &EventRules, fleet: &Fleet) -> anyhow::Result<Vec<u8>> {
                     RGBColor(255, 200, 0).mix(0.4).filled(),
                 )
             });
+        // Interval means are drawn as steps over their interval.
+        let width = rules.interval.num_seconds() as f64 / 3600.0;
+        let steps = |p: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            p.iter()
+                .flat_map(|(h, v)| [(*h, *v), (h + width, *v)])
+                .collect()
+        };
+        let actual: Vec<(f64, f64)> = points.iter().map(|(t, a, _)| (hours(*t), *a)).collect();
         chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|(t, a, _)| (hours(*t), *a)),
-                &BLUE,
-            ))
+            .draw_series(LineSeries::new(steps(&actual), &BLUE))
             .map_err(draw_err)?
             .label("actual")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
@@ -186,13 +191,15 @@ pub fn fleet_svg(rules: &EventRules, fleet: &Fleet) -> anyhow::Result<Vec<u8>> {
             .filter_map(|(t, _, b)| b.map(|b| (hours(*t), b)))
             .collect();
         chart
-            .draw_series(LineSeries::new(during.iter().copied(), &BLACK))
+            .draw_series(LineSeries::new(steps(&during), &BLACK))
             .map_err(draw_err)?
             .label("baseline")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK));
         chart
             .draw_series(LineSeries::new(
-                during.iter().map(|(h, b)| (*h, b - rules.target_kw)),
+                steps(&during)
+                    .into_iter()
+                    .map(|(h, b)| (h, b - rules.target_kw)),
                 &RED,
             ))
             .map_err(draw_err)?
