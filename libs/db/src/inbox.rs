@@ -27,6 +27,28 @@ impl Inbox {
         }
     }
 
+    /// Claims many at once; returns the ids not handled before (each once).
+    pub async fn claim_many(
+        self,
+        conn: &mut PgConnection,
+        consumer: &str,
+        event_ids: &[Uuid],
+    ) -> sqlx::Result<Vec<Uuid>> {
+        let table = match self {
+            Inbox::Pm => "pm.inbox",
+            Inbox::Audit => "audit.inbox",
+            Inbox::Messaging => "messaging.inbox",
+        };
+        sqlx::query_scalar(&format!(
+            "insert into {table} (consumer, event_id) select $1, unnest($2::uuid[])
+             on conflict do nothing returning event_id"
+        ))
+        .bind(consumer)
+        .bind(event_ids)
+        .fetch_all(conn)
+        .await
+    }
+
     /// Records that `consumer` handles `event_id` in this transaction. Returns false
     /// when it was handled before, in which case the caller does nothing else.
     pub async fn claim(

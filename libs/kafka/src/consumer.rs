@@ -126,6 +126,20 @@ pub trait Handler: Send + Sync + 'static {
     /// Applies the record's effects in the caller's transaction. The inbox row is
     /// already claimed in it, so a redelivered record never reaches the handler.
     async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError>;
+
+    /// Applies several records in one transaction (see [`run_batched`]); a handler
+    /// overrides it to write them with one statement. Any error sends every record
+    /// of the batch through [`Handler::handle`] one by one, which finds the culprit.
+    async fn handle_many(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&Incoming],
+    ) -> Result<(), HandlerError> {
+        for record in records {
+            self.handle(conn, record).await?;
+        }
+        Ok(())
+    }
 }
 
 /// What a consumer reads and where it records what it handled.
@@ -179,9 +193,37 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     cancel: CancellationToken,
 ) {
+    run_batched(config, pool, spec, handler, 1, cancel).await;
+}
+
+/// How long a batch waits for more records once it has one.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
+
+/// [`run`], applying up to `max_batch` records that are already waiting in one
+/// transaction (one inbox claim, [`Handler::handle_many`], one commit): for a burst
+/// such as a dispatch fan-out, a commit per record is what costs. A batch that
+/// fails is replayed record by record, so a poison record is still dead-lettered
+/// alone and the others applied.
+pub async fn run_batched<H: Handler>(
+    config: KafkaConfig,
+    pool: PgPool,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    max_batch: usize,
+    cancel: CancellationToken,
+) {
     let mut retry = retry_policy();
     while !cancel.is_cancelled() {
-        match run_once(&config, &pool, &spec, handler.as_ref(), &cancel).await {
+        match run_once(
+            &config,
+            &pool,
+            &spec,
+            handler.as_ref(),
+            max_batch.max(1),
+            &cancel,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(error) => {
                 tracing::error!(%error, group = %spec.group, "consumer failed; restarting");
@@ -199,6 +241,7 @@ async fn run_once<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
+    max_batch: usize,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let physical: Vec<String> = spec.topics.iter().map(|t| config.topic(t)).collect();
@@ -242,16 +285,42 @@ async fn run_once<H: Handler>(
                 continue;
             }
         };
-        let outcome = process(config, pool, spec, handler, &mut dlq, &message, cancel).await;
-        let label = match outcome {
-            Outcome::Applied => "applied",
-            Outcome::Duplicate => "duplicate",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Abandoned => break,
+        let mut batch = vec![message];
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < max_batch {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, group = %spec.group, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let outcomes = if batch.len() == 1 {
+            vec![process(config, pool, spec, handler, &mut dlq, &batch[0], cancel).await]
+        } else {
+            process_batch(config, pool, spec, handler, &mut dlq, &batch, cancel).await
         };
-        metrics::counter!("pmcore_consumer_records_total", "group" => spec.group.clone(), "outcome" => label)
-            .increment(1);
-        consumer.store_offset_from_message(&message)?;
+        let mut abandoned = false;
+        // Offsets in order, and none past a record left for the next run.
+        for (message, outcome) in batch.iter().zip(outcomes) {
+            let label = match outcome {
+                Outcome::Applied => "applied",
+                Outcome::Duplicate => "duplicate",
+                Outcome::DeadLettered => "dead_lettered",
+                Outcome::Abandoned => {
+                    abandoned = true;
+                    break;
+                }
+            };
+            metrics::counter!("pmcore_consumer_records_total", "group" => spec.group.clone(), "outcome" => label)
+                .increment(1);
+            consumer.store_offset_from_message(message)?;
+        }
+        if abandoned {
+            break;
+        }
         watchdog.progressed();
     }
     // Flush offsets stored since the last auto-commit before leaving the group.
@@ -348,6 +417,79 @@ async fn process<H: Handler>(
             return Outcome::Abandoned;
         }
     }
+}
+
+/// A batch in one transaction; on any failure, record by record through
+/// [`process`]. One outcome per message, in order.
+async fn process_batch<H: Handler>(
+    config: &KafkaConfig,
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    dlq: &mut FutureProducer<KafkaContext>,
+    batch: &[BorrowedMessage<'_>],
+    cancel: &CancellationToken,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+    let mut parsed = Vec::with_capacity(batch.len());
+    for (i, message) in batch.iter().enumerate() {
+        // Unparseable: parked alone by `process`, below.
+        if let Ok(record) = parse(config, message) {
+            parsed.push((i, record));
+        }
+    }
+    match apply_many(pool, spec, handler, &parsed).await {
+        Ok(fresh) => {
+            for ((i, _), fresh) in parsed.iter().zip(fresh) {
+                outcomes[*i] = Some(if fresh {
+                    Outcome::Applied
+                } else {
+                    Outcome::Duplicate
+                });
+            }
+        }
+        Err(error) => {
+            tracing::debug!(error = %format!("{error}"), group = %spec.group, records = parsed.len(),
+                "batch failed; applying its records one by one");
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (message, outcome) in batch.iter().zip(outcomes) {
+        out.push(match outcome {
+            Some(outcome) => outcome,
+            None => process(config, pool, spec, handler, dlq, message, cancel).await,
+        });
+    }
+    out
+}
+
+/// One transaction for many records: inbox claims, handler, commit. Per record,
+/// whether it was new (false: a duplicate, nothing done).
+async fn apply_many<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    records: &[(usize, Incoming)],
+) -> Result<Vec<bool>, HandlerError> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<uuid::Uuid> = records.iter().map(|(_, r)| r.envelope.id).collect();
+    let mut claimed: std::collections::HashSet<uuid::Uuid> = spec
+        .inbox
+        .claim_many(&mut tx, &spec.group, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    // A record delivered twice within the batch is new only the first time.
+    let fresh: Vec<bool> = ids.iter().map(|id| claimed.remove(id)).collect();
+    let todo: Vec<&Incoming> = records
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, fresh)| **fresh)
+        .map(|((_, r), _)| r)
+        .collect();
+    handler.handle_many(&mut tx, &todo).await?;
+    tx.commit().await?;
+    Ok(fresh)
 }
 
 /// One transaction: inbox claim, handler, commit. Ok(false) for a duplicate.

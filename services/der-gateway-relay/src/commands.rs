@@ -42,45 +42,96 @@ fn uuid(field: &str, value: &str) -> Result<Uuid, HandlerError> {
         .map_err(|e| HandlerError::Permanent(anyhow::anyhow!("{field} is not a UUID: {e}")))
 }
 
-#[async_trait]
-impl Handler for StoreCommands {
-    async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError> {
-        let command: DerCommand = record
-            .payload
-            .clone_typed()
-            .map_err(|e| HandlerError::Permanent(e.into()))?;
-        if !KINDS.contains(&command.kind.as_str()) {
-            return Err(HandlerError::Permanent(anyhow::anyhow!(
-                "unknown command kind {:?}",
-                command.kind
-            )));
-        }
-        let gateway_id = uuid("gateway_id", &command.gateway_id)?;
-        let event_id = command
+/// One command as stored, checked.
+struct Row {
+    id: Uuid,
+    gateway_id: Uuid,
+    der_id: Uuid,
+    event_id: Option<Uuid>,
+    kind: String,
+    value_kw: f64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+fn row(record: &Incoming) -> Result<Row, HandlerError> {
+    let command: DerCommand = record
+        .payload
+        .clone_typed()
+        .map_err(|e| HandlerError::Permanent(e.into()))?;
+    if !KINDS.contains(&command.kind.as_str()) {
+        return Err(HandlerError::Permanent(anyhow::anyhow!(
+            "unknown command kind {:?}",
+            command.kind
+        )));
+    }
+    Ok(Row {
+        id: uuid("command_id", &command.command_id)?,
+        gateway_id: uuid("gateway_id", &command.gateway_id)?,
+        der_id: uuid("der_id", &command.der_id)?,
+        event_id: command
             .event_id
             .as_deref()
             .map(|e| uuid("event_id", e))
-            .transpose()?;
+            .transpose()?,
+        value_kw: command.value_kw,
+        start: micros("start", command.start)?,
+        end: micros("end", command.end)?,
+        expires_at: micros("expires_at", command.expires_at)?,
+        kind: command.kind,
+    })
+}
+
+#[async_trait]
+impl Handler for StoreCommands {
+    async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError> {
+        self.handle_many(conn, &[record]).await
+    }
+
+    /// One insert for the batch and one notification per gateway (Postgres delivers
+    /// them at commit).
+    async fn handle_many(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&Incoming],
+    ) -> Result<(), HandlerError> {
+        let rows = records
+            .iter()
+            .map(|r| row(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let col = |f: fn(&Row) -> Uuid| rows.iter().map(f).collect::<Vec<_>>();
+        let (ids, gateways, ders) = (col(|r| r.id), col(|r| r.gateway_id), col(|r| r.der_id));
+        let events: Vec<Option<Uuid>> = rows.iter().map(|r| r.event_id).collect();
+        let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+        let values: Vec<f64> = rows.iter().map(|r| r.value_kw).collect();
+        let times = |f: fn(&Row) -> DateTime<Utc>| rows.iter().map(f).collect::<Vec<_>>();
         sqlx::query(
             "insert into pm.der_command
                  (id, gateway_id, der_id, event_id, kind, value_kw, start_at, end_at, expires_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                                  $6::float8[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
              on conflict (id) do nothing",
         )
-        .bind(uuid("command_id", &command.command_id)?)
-        .bind(gateway_id)
-        .bind(uuid("der_id", &command.der_id)?)
-        .bind(event_id)
-        .bind(&command.kind)
-        .bind(command.value_kw)
-        .bind(micros("start", command.start)?)
-        .bind(micros("end", command.end)?)
-        .bind(micros("expires_at", command.expires_at)?)
+        .bind(&ids)
+        .bind(&gateways)
+        .bind(&ders)
+        .bind(&events)
+        .bind(&kinds)
+        .bind(&values)
+        .bind(times(|r| r.start))
+        .bind(times(|r| r.end))
+        .bind(times(|r| r.expires_at))
         .execute(&mut *conn)
         .await?;
-        sqlx::query("select pg_notify($1, $2)")
+        let distinct: std::collections::BTreeSet<String> =
+            gateways.iter().map(ToString::to_string).collect();
+        sqlx::query("select pg_notify($1, g) from unnest($2::text[]) as g")
             .bind(CHANNEL)
-            .bind(gateway_id.to_string())
+            .bind(distinct.into_iter().collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         Ok(())

@@ -130,7 +130,8 @@ impl Service for App {
             // Sessions close on shutdown before the listener stops accepting.
             cancel.child_token(),
         );
-        let store_commands = consumer::run(
+        // A fan-out arrives as a burst: up to 500 commands per transaction.
+        let store_commands = consumer::run_batched(
             self.platform.kafka.clone(),
             self.platform.pool.clone(),
             ConsumerSpec {
@@ -139,6 +140,7 @@ impl Service for App {
                 inbox: Inbox::Pm,
             },
             Arc::new(commands::StoreCommands),
+            500,
             cancel.clone(),
         );
         let listener = commands::listen(hub.clone());

@@ -102,3 +102,95 @@ async fn a_command_waits_for_an_offline_gateway_and_reaches_it_through_another_r
         running.stop().await.expect("stops");
     }
 }
+
+/// A burst of commands is stored in batches; one the relay can never store (an
+/// unknown kind) is dead-lettered alone and every other command is stored once.
+#[tokio::test]
+async fn a_burst_is_stored_in_batches_and_a_poison_command_is_parked_alone() {
+    use pmcore_events::domain::DerCommand;
+    use pmcore_kafka::{
+        KafkaConfig,
+        outbox::{self, EventMeta},
+    };
+    use rdkafka::{
+        Message,
+        consumer::{Consumer, StreamConsumer},
+    };
+
+    let env = Env::new().await;
+    let spec = env.gateway(4).await;
+    let now = chrono::Utc::now();
+    let mut tx = env.db.pool.begin().await.expect("tx");
+    let mut poison = None;
+    for i in 0..201 {
+        let id = uuid::Uuid::now_v7();
+        let kind = if i == 100 { "explode" } else { "curtail_kw" };
+        if i == 100 {
+            poison = Some(id);
+        }
+        let command = DerCommand {
+            command_id: id.to_string(),
+            gateway_id: spec.id.to_string(),
+            der_id: spec.ders[i % 4].id.to_string(),
+            event_id: None,
+            kind: kind.to_owned(),
+            value_kw: 1.0,
+            start: now.timestamp_micros(),
+            end: (now + chrono::Duration::minutes(30)).timestamp_micros(),
+            expires_at: (now + chrono::Duration::minutes(30)).timestamp_micros(),
+        };
+        let meta = EventMeta {
+            source: "test".to_owned(),
+            ..Default::default()
+        };
+        outbox::enqueue(&mut tx, &command, &meta)
+            .await
+            .expect("enqueued");
+    }
+    tx.commit().await.expect("commit");
+    // The worker's outbox relay publishes them; the relay starts once they wait.
+    let worker = env.worker().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let relay = env.relay().await;
+    eventually(Duration::from_secs(60), "200 commands stored", || {
+        let env = &env;
+        async move { (env.scalar_i64("select count(*) from pm.der_command").await == 200).then_some(()) }
+    })
+    .await;
+    let poison = poison.expect("poison id");
+    assert_eq!(
+        env.command_status(poison).await,
+        None,
+        "the poison command is not stored"
+    );
+
+    let dlq = KafkaConfig::dead_letter_topic(
+        &env.kafka.topic("der.commands.v1"),
+        "pmcore-relay-commands",
+    );
+    let reader: StreamConsumer = env
+        .kafka
+        .client_config()
+        .set("group.id", format!("{}dlq-reader", env.kafka.topic_prefix))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("reader");
+    reader.subscribe(&[dlq.as_str()]).expect("subscribe");
+    let parked = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("a dead letter")
+        .expect("message");
+    let error = parked
+        .headers()
+        .and_then(|h| {
+            use rdkafka::message::Headers;
+            h.iter()
+                .find(|x| x.key == "dlq_error")
+                .and_then(|x| x.value)
+        })
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    assert!(error.contains("unknown command kind"), "{error}");
+    relay.stop().await.expect("relay stops");
+    worker.stop().await.expect("worker stops");
+}
