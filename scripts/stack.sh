@@ -72,7 +72,15 @@ as_pg() { # initdb refuses to run as root: run the cluster as the postgres user 
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Only the testing profile trades durability for speed: the system people run
+# (`./dev up`, the dev and all profiles) must not lose acknowledged writes on a
+# power cut.
+pg_durability() {
+  if [ "${1:-all}" = testing ]; then echo "-c fsync=off -c synchronous_commit=off"; else echo ""; fi
+}
+
 pg_up() {
+  local profile="${1:-all}"
   local bin; bin="$(pg_bin)"; [ -n "$bin" ] || die "no PostgreSQL server; run scripts/install-tools.sh stack"
   local dir="$S/postgres"
   mkdir -p "$dir/run"
@@ -85,12 +93,18 @@ pg_up() {
       || die "initdb failed: $(tail -n 5 "$dir/initdb.log")"
     rm -f "$pw"
   fi
+  local want_fsync=on; [ "$profile" = testing ] && want_fsync=off
+  if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1 \
+    && [ "$(psql_admin -tAc 'show fsync' 2>/dev/null)" != "$want_fsync" ]; then
+    say "restarting postgres with fsync=$want_fsync for profile $profile"
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  fi
   if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     say "postgres already running on $PMCORE_PG_PORT"
   else
     port_open "$PMCORE_PG_PORT" && die "port $PMCORE_PG_PORT is taken by something else; set PMCORE_PG_PORT"
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-p $PMCORE_PG_PORT -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off -c synchronous_commit=off" \
+      -o "-p $PMCORE_PG_PORT -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=300 $(pg_durability "$profile")" \
       start >/dev/null || die "postgres did not start: $(tail -n 5 "$dir/postgres.log")"
     say "postgres on 127.0.0.1:$PMCORE_PG_PORT"
   fi
@@ -198,7 +212,7 @@ cmd_up() {
   mkdir -p "$S"
   scripts/install-tools.sh stack
   echo "$profile" > "$S/profile"
-  pg_up
+  pg_up "$profile"
   kafka_up
   s3_up
   if [ "$profile" = messaging ] || [ "$profile" = all ]; then smtp_up; fi

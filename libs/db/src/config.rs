@@ -30,6 +30,15 @@ pub struct DbConfig {
     )]
     pub acquire_timeout_ms: u64,
 
+    /// Longest a statement of this service may run before Postgres cancels it, in
+    /// milliseconds (0: no limit). Guards the pool against a query that never ends.
+    #[arg(
+        long = "database-statement-timeout-ms",
+        env = "PMCORE_DATABASE_STATEMENT_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub statement_timeout_ms: u64,
+
     /// Apply pending migrations from flyway/ at start (waits for Postgres).
     #[arg(
         long = "migrate-on-start",
@@ -45,6 +54,7 @@ impl DbConfig {
             url: SecretString::from(url.to_owned()),
             max_connections: 10,
             acquire_timeout_ms: 5000,
+            statement_timeout_ms: 60_000,
             migrate_on_start: false,
         }
     }

@@ -8,15 +8,20 @@ pub mod telemetry;
 
 pub use config::DbConfig;
 use secrecy::ExposeSecret;
-use sqlx::{PgPool, postgres::PgPoolOptions};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 /// A pool that connects on first use, so a service can start before Postgres does
 /// and become ready once it answers.
 pub fn lazy_pool(config: &DbConfig) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = config.url.expose_secret().parse()?;
+    let options = options.options([("statement_timeout", config.statement_timeout_ms.to_string())]);
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout())
-        .connect_lazy(config.url.expose_secret())?;
+        .connect_lazy_with(options);
     Ok(pool)
 }
 

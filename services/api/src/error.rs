@@ -205,6 +205,12 @@ impl From<sqlx::Error> for ApiError {
                         "",
                         "text may not contain NUL or characters the database cannot store",
                     ),
+                    Some("22008") | Some("22007") => ApiError::invalid(
+                        "",
+                        "a date or time is outside what the database stores (4713 BC to 294276 AD)",
+                    ),
+                    // statement_timeout: the database gave up on this request.
+                    Some("57014") => ApiError::Unavailable(error.into()),
                     Some("23514") | Some("22003") | Some("22P02") => ApiError::invalid(
                         constraint_field(&constraint),
                         format!("violates {constraint}"),

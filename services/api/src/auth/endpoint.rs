@@ -102,6 +102,7 @@ fn credentials(headers: &HeaderMap, form: &TokenRequest) -> Result<(String, Stri
 )]
 pub async fn token(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
@@ -115,8 +116,11 @@ pub async fn token(
         ));
     }
     let (client_id, secret) = credentials(&headers, &form)?;
-    state.limits.check(&format!("token:{client_id}"))?;
+    // Validate before limiting, so made-up ids cannot grow the limiter's table; a
+    // source address gets one budget for all its attempts, a client id another.
+    state.limits.check(&format!("token-from:{}", peer.ip()))?;
     let client_id = Uuid::parse_str(&client_id).map_err(|_| invalid_client())?;
+    state.limits.check(&format!("token:{client_id}"))?;
     let row = sqlx::query(
         "select c.secret_hash, c.roles, c.disabled_at is not null as disabled, o.id as org, o.kind
            from pm.api_client c join pm.organization o on o.id = c.organization_id

@@ -162,6 +162,32 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        match authenticate(parts, state).await {
+            Ok(principal) => {
+                state.limits.check(&principal.subject)?;
+                Ok(principal)
+            }
+            // Refusals cost a signature check each: they are limited per source
+            // address, so guessing tokens is throttled like any other client.
+            Err(refusal) => {
+                state.limits.check(&format!("anonymous:{}", peer(parts)))?;
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// The caller's address, or `unknown` when served without connection info (tests
+/// calling the router directly).
+pub(crate) fn peer(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+}
+
+async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+    {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -179,11 +205,9 @@ impl FromRequestParts<AppState> for Principal {
         let ours = jsonwebtoken::decode_header(token)
             .map(|h| h.alg == jsonwebtoken::Algorithm::HS256)
             .unwrap_or(true);
-        let principal = match (&state.oidc, ours) {
-            (Some(oidc), false) => oidc.verify(token).await?,
-            _ => state.tokens.verify(token)?,
-        };
-        state.limits.check(&principal.subject)?;
-        Ok(principal)
+        match (&state.oidc, ours) {
+            (Some(oidc), false) => oidc.verify(token).await,
+            _ => state.tokens.verify(token),
+        }
     }
 }

@@ -149,3 +149,53 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after() {
     );
     assert!(retry_after.is_some(), "429 says when to retry");
 }
+
+#[tokio::test]
+async fn refused_callers_and_made_up_client_ids_are_limited_per_address() {
+    let api = spawn_with(|c| {
+        c.rate_per_second = 1;
+        c.rate_burst = 3;
+    })
+    .await;
+    // Bad tokens from one address: 401 while its budget lasts, then 429.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let response = api
+            .get("/v1/programs", "not-a-token")
+            .send()
+            .await
+            .expect("request");
+        statuses.push(response.status());
+    }
+    assert_eq!(
+        &statuses[..3],
+        &[StatusCode::UNAUTHORIZED; 3],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[3..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+
+    // Random client ids at the token endpoint count against the address, not a
+    // fresh budget per id.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let response = api
+            .raw()
+            .post(api.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &Uuid::now_v7().to_string()),
+                ("client_secret", "guess"),
+            ])
+            .send()
+            .await
+            .expect("request");
+        statuses.push(response.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}

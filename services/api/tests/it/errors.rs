@@ -123,3 +123,25 @@ async fn unknown_routes_are_404_problems() {
         .expect("request");
     problem(response, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn dates_the_database_cannot_store_are_client_errors_not_500s() {
+    let api = spawn_app().await;
+    // chrono parses years back to 262144 BC; Postgres stores from 4713 BC. (Its upper
+    // end, 294276 AD, is past chrono's, so only the early side can overflow.)
+    let path = "/v1/settlements?from=-9999-01-01T00%3A00%3A00Z&to=2026-01-01T00%3A00%3A00Z";
+    let response = api.get(path, &api.admin).send().await.expect("request");
+    let body = problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(
+        body.to_string()
+            .contains("outside what the database stores"),
+        "{body}"
+    );
+    let path = "/v1/settlements?from=2026-01-01T00%3A00%3A00Z&to=%2B262000-01-01T00%3A00%3A00Z";
+    let response = api.get(path, &api.admin).send().await.expect("request");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a far but storable year is fine"
+    );
+}
