@@ -11,6 +11,7 @@ pub struct Topic {
     pub domain: bool,
 }
 
+pub const ORGANIZATIONS: Topic = domain("pm.organizations.v1");
 pub const PROGRAMS: Topic = domain("pm.programs.v1");
 pub const DERS: Topic = domain("pm.ders.v1");
 pub const GATEWAYS: Topic = domain("pm.gateways.v1");
@@ -36,6 +37,7 @@ const fn stream(name: &'static str) -> Topic {
 
 /// Every topic the platform uses, in the order the AsyncAPI document lists them.
 pub const TOPICS: &[Topic] = &[
+    ORGANIZATIONS,
     PROGRAMS,
     DERS,
     GATEWAYS,
@@ -76,6 +78,24 @@ macro_rules! event_type {
         }
     };
 }
+
+pub static ORGANIZATION_CREATED: EventType = event_type!(
+    "pmcore.organization.created.v1",
+    ORGANIZATIONS,
+    "organization-created.avsc"
+);
+
+pub static API_CLIENT_CREATED: EventType = event_type!(
+    "pmcore.api-client.created.v1",
+    ORGANIZATIONS,
+    "api-client-created.avsc"
+);
+
+pub static API_CLIENT_DISABLED: EventType = event_type!(
+    "pmcore.api-client.disabled.v1",
+    ORGANIZATIONS,
+    "api-client-disabled.avsc"
+);
 
 pub static PROGRAM_CREATED: EventType = event_type!(
     "pmcore.program.created.v1",
@@ -210,6 +230,9 @@ pub static TELEMETRY_ANOMALY_DETECTED: EventType = event_type!(
 
 /// Every event type the code can publish or consume.
 pub static EVENT_TYPES: &[&EventType] = &[
+    &ORGANIZATION_CREATED,
+    &API_CLIENT_CREATED,
+    &API_CLIENT_DISABLED,
     &PROGRAM_CREATED,
     &PROGRAM_UPDATED,
     &PROGRAM_STATUS_CHANGED,

@@ -314,6 +314,57 @@ impl DomainEvent for DispatchEventCompleted {
     }
 }
 
+/// `pmcore.organization.created.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrganizationCreated {
+    pub organization_id: String,
+    pub name: String,
+    pub kind: String,
+    pub created_at: i64,
+}
+
+impl DomainEvent for OrganizationCreated {
+    const TYPE: &'static EventType = &catalog::ORGANIZATION_CREATED;
+
+    fn subject(&self) -> String {
+        self.organization_id.clone()
+    }
+}
+
+/// `pmcore.api-client.created.v1` (never the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiClientCreated {
+    pub client_id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: i64,
+}
+
+impl DomainEvent for ApiClientCreated {
+    const TYPE: &'static EventType = &catalog::API_CLIENT_CREATED;
+
+    fn subject(&self) -> String {
+        self.organization_id.clone()
+    }
+}
+
+/// `pmcore.api-client.disabled.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiClientDisabled {
+    pub client_id: String,
+    pub organization_id: String,
+    pub disabled_at: i64,
+}
+
+impl DomainEvent for ApiClientDisabled {
+    const TYPE: &'static EventType = &catalog::API_CLIENT_DISABLED;
+
+    fn subject(&self) -> String {
+        self.organization_id.clone()
+    }
+}
+
 /// `pmcore.settlement.calculated.v1`: a version of an event's measurement and
 /// settlement was computed and stored. Amounts are exact decimals as strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -92,13 +92,23 @@ pub struct Config {
     #[arg(long = "bootstrap-client-id", env = "PMCORE_BOOTSTRAP_CLIENT_ID")]
     pub bootstrap_client_id: Option<Uuid>,
 
-    /// Its secret; when unset one is generated and printed once on stderr.
+    /// Its secret; when unset one is generated and written once to
+    /// `--bootstrap-secret-file` (never to the log).
     #[arg(
         long = "bootstrap-client-secret",
         env = "PMCORE_BOOTSTRAP_CLIENT_SECRET",
         hide_env_values = true
     )]
     pub bootstrap_client_secret: Option<SecretString>,
+
+    /// Where a generated bootstrap secret is written (created with mode 0600; an
+    /// existing file is never overwritten, and the client is not created then).
+    #[arg(
+        long = "bootstrap-secret-file",
+        env = "PMCORE_BOOTSTRAP_SECRET_FILE",
+        default_value = "pmcore-bootstrap-admin.json"
+    )]
+    pub bootstrap_secret_file: std::path::PathBuf,
 
     #[command(flatten)]
     pub oidc: auth::oidc::OidcConfig,
@@ -126,6 +136,7 @@ impl Config {
             bootstrap_organization: "Utility".to_owned(),
             bootstrap_client_id: None,
             bootstrap_client_secret: None,
+            bootstrap_secret_file: "pmcore-bootstrap-admin.json".into(),
             oidc: auth::oidc::OidcConfig::disabled(),
             database,
             kafka,
@@ -206,6 +217,7 @@ impl Service for App {
             )),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
             oidc: auth::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
+            disabled: Arc::new(state::DisabledClients::default()),
             reports: state::Reports {
                 client: pmcore_storage::link_client(&config.s3),
                 bucket: config.s3.reports_bucket.clone(),
@@ -223,6 +235,7 @@ impl Service for App {
         let router = self.router();
         let bootstrap = bootstrap(self.state.clone(), self.config.clone(), cancel.clone());
         let housekeeping = housekeeping(self.state.limits.clone(), cancel.clone());
+        let disabled = watch_disabled(self.state.clone(), cancel.clone());
         supervise(
             cancel.clone(),
             vec![
@@ -230,6 +243,7 @@ impl Service for App {
                 self.platform.outbox_relay(cancel.clone()),
                 Box::pin(bootstrap),
                 Box::pin(housekeeping),
+                Box::pin(disabled),
                 self.platform.serve(router, readiness, cancel),
             ],
         )
@@ -255,6 +269,20 @@ async fn bootstrap(
         result = attempt => { result?; }
     }
     Ok(())
+}
+
+/// Keeps the set of disabled clients current (a client disabled through another
+/// instance is refused here within this period).
+async fn watch_disabled(state: AppState, cancel: CancellationToken) -> anyhow::Result<()> {
+    loop {
+        if let Err(error) = state.disabled.refresh(&state.pool).await {
+            tracing::debug!(%error, "refreshing disabled clients");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 async fn housekeeping(limits: Arc<Limits>, cancel: CancellationToken) -> anyhow::Result<()> {

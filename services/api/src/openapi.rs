@@ -57,6 +57,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(organizations::create, organizations::list))
         .routes(routes!(organizations::get))
         .routes(routes!(organizations::create_client))
+        .routes(routes!(organizations::disable_client))
         .routes(routes!(programs::create, programs::list))
         .routes(routes!(programs::get, programs::update))
         .routes(routes!(programs::open))

@@ -1,6 +1,7 @@
 //! A fresh install has no client to call the API with. The api creates one admin
 //! client (and the operator organization it belongs to) when none exists; its secret
-//! comes from configuration or is generated and printed once.
+//! comes from configuration or is generated and written once to a file only its
+//! owner can read (logs are shipped and kept; a secret in them is a leaked secret).
 
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -50,14 +51,33 @@ pub async fn ensure_bootstrap_client(
     .bind(&hash.0)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    tracing::warn!(%client_id, "created the bootstrap admin client");
     if generated {
-        // Printed once, to the terminal only (not to the structured log).
-        eprintln!(
-            "\npmcore: bootstrap admin client created\n  client_id:     {client_id}\n  client_secret: {}\n  (shown once; create your own clients with it, then disable it)\n",
-            hash.1
-        );
+        // Written before the commit: if the file cannot be written the client is
+        // not created, and the next attempt generates another secret.
+        write_secret_file(&config.bootstrap_secret_file, client_id, &hash.1)?;
+        tracing::warn!(%client_id, file = %config.bootstrap_secret_file.display(),
+            "created the bootstrap admin client; its secret is in the file (read it, then delete it)");
+    } else {
+        tracing::warn!(%client_id, "created the bootstrap admin client with the configured secret");
     }
+    tx.commit().await?;
     Ok(Some(client_id))
+}
+
+fn write_secret_file(path: &std::path::Path, client_id: Uuid, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create {} for the bootstrap secret ({e}); remove a stale one or set PMCORE_BOOTSTRAP_SECRET_FILE",
+            path.display()
+        )
+    })?;
+    let body = serde_json::json!({"client_id": client_id, "client_secret": secret});
+    writeln!(file, "{body}")?;
+    file.sync_all()?;
+    Ok(())
 }

@@ -162,7 +162,14 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        match authenticate(parts, state).await {
+        let authenticated = authenticate(parts, state).await.and_then(|p| {
+            if state.disabled.contains(&p.subject) {
+                Err(ApiError::Unauthenticated("this client is disabled".into()))
+            } else {
+                Ok(p)
+            }
+        });
+        match authenticated {
             Ok(principal) => {
                 state.limits.check(&principal.subject)?;
                 Ok(principal)

@@ -199,3 +199,58 @@ async fn refused_callers_and_made_up_client_ids_are_limited_per_address() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn a_generated_bootstrap_secret_goes_to_a_private_file_not_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use pmcore_runtime::Service;
+
+    let dir = std::env::temp_dir().join(format!("pmcore-bootstrap-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("admin.json");
+    let db = pmcore_testkit::TestDb::new().await.expect("database");
+    let mut config = pmcore_api::Config::new(
+        ([127, 0, 0, 1], 0).into(),
+        db.config_for("api"),
+        pmcore_testkit::kafka(&pmcore_testkit::unique_prefix()),
+    );
+    config.jwt_secret = Some("test-signing-key-test-signing-key-0123".to_owned().into());
+    config.bootstrap_secret_file = file.clone();
+    let app = pmcore_api::App::build(config).await.expect("api builds");
+    let addr = app.local_addr().expect("bound");
+    let _running = pmcore_testkit::Running::start(app, addr).await;
+    let written: Value = pmcore_testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the secret file",
+        || {
+            let file = file.clone();
+            async move { serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok() }
+        },
+    )
+    .await;
+    let mode = std::fs::metadata(&file)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "only its owner may read it");
+    let id = written["client_id"].as_str().expect("client id");
+    let secret = written["client_secret"].as_str().expect("secret");
+    let token = reqwest::Client::new()
+        .post(format!("http://{addr}/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        token.status(),
+        StatusCode::OK,
+        "the secret in the file works"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -154,3 +154,103 @@ async fn utility_roles_are_refused_for_other_organizations_and_unknown_ones_404(
         .expect("request");
     problem(response, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn a_disabled_client_is_refused_at_once_and_every_change_is_published() {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+        message::Headers,
+    };
+
+    let api = crate::helpers::spawn_app().await;
+    let caller = api.caller("aggregator", &["aggregator"]).await;
+    let ok = api
+        .get("/v1/ders", &caller.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ok.status(), reqwest::StatusCode::OK);
+    let client: uuid::Uuid =
+        sqlx::query_scalar("select id from pm.api_client where organization_id = $1")
+            .bind(caller.organization_id)
+            .fetch_one(&api.db.pool)
+            .await
+            .expect("client");
+    let path = format!(
+        "/v1/organizations/{}/clients/{client}/disable",
+        caller.organization_id
+    );
+    // Only the utility's admins disable clients.
+    let r = api
+        .post(&path, &caller.token, &serde_json::json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), reqwest::StatusCode::FORBIDDEN);
+    for _ in 0..2 {
+        let r = api
+            .post(&path, &api.admin, &serde_json::json!({}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::OK,
+            "disabling twice is fine"
+        );
+    }
+    // Its unexpired token is refused now, not at expiry.
+    let r = api
+        .get("/v1/ders", &caller.token)
+        .send()
+        .await
+        .expect("request");
+    crate::helpers::problem(r, reqwest::StatusCode::UNAUTHORIZED).await;
+    let other = format!(
+        "/v1/organizations/{}/clients/{}/disable",
+        caller.organization_id,
+        uuid::Uuid::now_v7()
+    );
+    let r = api
+        .post(&other, &api.admin, &serde_json::json!({}))
+        .send()
+        .await
+        .expect("request");
+    crate::helpers::problem(r, reqwest::StatusCode::NOT_FOUND).await;
+
+    // Organization created, client created, client disabled (once), on the topic.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &api.kafka.brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&api.kafka.topic("pm.organizations.v1")])
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    while !seen.contains(&"pmcore.api-client.disabled.v1".to_owned()) {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("events arrive")
+            .expect("message");
+        if m.key() != Some(caller.organization_id.to_string().as_bytes()) {
+            continue;
+        }
+        let ce_type = m
+            .headers()
+            .and_then(|h| h.iter().find(|x| x.key == "ce_type").and_then(|x| x.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        seen.push(ce_type);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "pmcore.organization.created.v1".to_owned(),
+            "pmcore.api-client.created.v1".to_owned(),
+            "pmcore.api-client.disabled.v1".to_owned()
+        ]
+    );
+}
