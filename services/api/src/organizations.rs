@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
-    auth::{OrganizationKind, Principal, Role, secrets},
+    auth::{OrganizationKind, Principal, Role, UTILITY_ROLES, secrets},
     error::{ApiError, ApiResult, FieldError, Problem},
     extract::{Json, Path, Query, created},
     pagination::{Page, PageParams},
@@ -189,14 +189,6 @@ pub struct ClientOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
 }
-
-/// Roles only the utility's own staff may hold.
-const UTILITY_ROLES: [Role; 4] = [
-    Role::Admin,
-    Role::ProgramManager,
-    Role::Operator,
-    Role::Auditor,
-];
 
 /// Create an API client for an organization. The response carries its secret, once.
 #[utoipa::path(

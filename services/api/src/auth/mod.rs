@@ -108,6 +108,14 @@ pub struct Principal {
     pub roles: Vec<Role>,
 }
 
+/// Roles only the utility's own staff may hold, whatever kind of token carries them.
+pub const UTILITY_ROLES: [Role; 4] = [
+    Role::Admin,
+    Role::ProgramManager,
+    Role::Operator,
+    Role::Auditor,
+];
+
 impl Principal {
     pub fn has_any(&self, roles: &[Role]) -> bool {
         self.roles.iter().any(|r| roles.contains(r))

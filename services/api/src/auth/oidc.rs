@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use super::{OrganizationKind, Principal, Role};
+use super::{OrganizationKind, Principal, Role, UTILITY_ROLES};
 use crate::error::ApiError;
 
 /// Fetch the key set at most this often when tokens name unknown keys.
@@ -175,6 +175,8 @@ impl Oidc {
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.config.audience]);
+        // A token without them would be valid forever, or for anyone.
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let claims = decode::<Value>(token, &key, &validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
@@ -195,11 +197,14 @@ impl Oidc {
         let kind: OrganizationKind = kind
             .and_then(|k| k.parse().ok())
             .ok_or_else(|| unauthenticated("the token's organization is unknown here"))?;
-        let roles = claims[&self.config.roles_claim]
+        // One role policy for both kinds of token: utility roles only for the
+        // utility's people, as for API clients.
+        let roles: Vec<Role> = claims[&self.config.roles_claim]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(|r| r.as_str()?.parse::<Role>().ok())
+                    .filter(|r| kind == OrganizationKind::Utility || !UTILITY_ROLES.contains(r))
                     .collect()
             })
             .unwrap_or_default();

@@ -143,3 +143,44 @@ async fn wrong_issuer_audience_key_or_organization_is_refused() {
         problem(response, StatusCode::UNAUTHORIZED).await;
     }
 }
+
+#[tokio::test]
+async fn provider_tokens_follow_the_same_role_policy_and_need_the_standard_claims() {
+    let provider = Provider::new("k1");
+    let (api, org) = app_with(&provider).await;
+    // An aggregator's user whose provider says `admin`: the role is not honoured
+    // (only the utility's people hold utility roles), so no organizations for it.
+    let token = provider.token(&claims(
+        org,
+        json!({"pmcore_roles": ["admin", "aggregator"]}),
+    ));
+    let response = api
+        .post(
+            "/v1/organizations",
+            &token,
+            &json!({"name": "Mine now", "kind": "utility"}),
+        )
+        .send()
+        .await
+        .expect("request");
+    problem(response, StatusCode::FORBIDDEN).await;
+    // Its aggregator role still works.
+    let response = api.get("/v1/ders", &token).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Tokens missing exp, aud or sub are refused.
+    for missing in ["exp", "aud", "sub"] {
+        let mut c = claims(org, json!({}));
+        c.as_object_mut().expect("object").remove(missing);
+        let response = api
+            .get("/v1/ders", &provider.token(&c))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "without {missing}"
+        );
+    }
+}
