@@ -1,6 +1,11 @@
 //! Avro single-object encoding: `C3 01`, the schema's 8-byte CRC-64-AVRO fingerprint
-//! (little-endian), then the binary datum. Any subscriber holding the committed
-//! schemas can decode a payload without a registry.
+//! (little-endian) of its Parsing Canonical Form as the specification defines it
+//! ([`crate::canonical`]), then the binary datum. Any subscriber holding the
+//! committed schemas can decode a payload without a registry.
+//!
+//! Records written before that fix carry `apache-avro`'s own fingerprint, which
+//! differs for schemas with logical types; decoding accepts both for a transition
+//! period (see `docs/subscribers.md`).
 
 use std::{collections::HashMap, sync::LazyLock};
 
@@ -17,7 +22,10 @@ const HEADER_LEN: usize = MARKER.len() + 8;
 struct Compiled {
     event_type: &'static EventType,
     schema: Schema,
+    /// Per the specification; what `encode` writes.
     fingerprint: [u8; 8],
+    /// `apache-avro` 0.22's, which earlier releases wrote; still read.
+    legacy_fingerprint: [u8; 8],
 }
 
 /// Parsed once per process; a schema that fails to parse is a build defect that
@@ -30,20 +38,28 @@ static BY_FINGERPRINT: LazyLock<HashMap<[u8; 8], usize>> = LazyLock::new(|| {
     COMPILED
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.fingerprint, i))
+        .flat_map(|(i, c)| [(c.legacy_fingerprint, i), (c.fingerprint, i)])
         .collect()
 });
 
-fn compile(event_type: &'static EventType) -> Result<Compiled, apache_avro::Error> {
-    let schema = Schema::parse_str(event_type.schema_json)?;
+fn compile(event_type: &'static EventType) -> Result<Compiled, String> {
+    let schema = Schema::parse_str(event_type.schema_json).map_err(|e| e.to_string())?;
     let bytes = schema.fingerprint::<Rabin>().bytes;
-    let mut fingerprint = [0u8; 8];
-    fingerprint.copy_from_slice(&bytes[..8]);
+    let mut legacy_fingerprint = [0u8; 8];
+    legacy_fingerprint.copy_from_slice(&bytes[..8]);
+    let fingerprint =
+        crate::canonical::fingerprint(event_type.schema_json).map_err(|e| e.to_string())?;
     Ok(Compiled {
         event_type,
         schema,
         fingerprint,
+        legacy_fingerprint,
     })
+}
+
+/// The fingerprint `encode` writes for an event type (per the specification).
+pub fn fingerprint_of(event_type: &'static EventType) -> Option<[u8; 8]> {
+    compiled_for(event_type).map(|c| c.fingerprint)
 }
 
 /// Parses an event type's schema; used by tests and by start-up self checks.
@@ -218,6 +234,48 @@ mod tests {
             schema_of(t).unwrap_or_else(|e| panic!("{}: {e}", t.schema_file));
         }
         assert_eq!(COMPILED.len(), EVENT_TYPES.len());
+    }
+
+    /// Fingerprints of committed schemas as fastavro 1.13.1 computes them
+    /// (`fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")`, hex of the
+    /// little-endian bytes): what any subscriber holding the `.avsc` files expects.
+    #[test]
+    fn fingerprints_match_an_independent_implementation() {
+        let hex = |t: &'static EventType| -> String {
+            fingerprint_of(t)
+                .expect("compiled")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        use crate::catalog::*;
+        assert_eq!(hex(&PROGRAM_CREATED), "da21d8ac3dc325a1");
+        assert_eq!(hex(&DISPATCH_EVENT_COMPLETED), "3a08015e14c07219");
+        assert_eq!(hex(&SETTLEMENT_CALCULATED), "3c72d4816ef911e8");
+        assert_eq!(hex(&TELEMETRY_BATCH), "49dfe54441a17b37");
+        let bytes = encode(&sample()).expect("encodes");
+        assert_eq!(bytes[2..10], fingerprint_of(&PROGRAM_CREATED).expect("fp"));
+    }
+
+    #[test]
+    fn records_with_the_old_fingerprint_still_decode() {
+        // Written before the fix: apache-avro's own fingerprint in the header.
+        let mut bytes = encode(&sample()).expect("encodes");
+        let legacy = schema_of(&crate::catalog::PROGRAM_CREATED)
+            .expect("schema")
+            .fingerprint::<Rabin>()
+            .bytes;
+        assert_ne!(
+            bytes[2..10],
+            legacy[..8],
+            "the two differ for schemas with logical types"
+        );
+        bytes[2..10].copy_from_slice(&legacy[..8]);
+        let back: ProgramCreated = decode(&bytes, None)
+            .expect("decodes")
+            .into_typed()
+            .expect("typed");
+        assert_eq!(back, sample());
     }
 
     #[test]

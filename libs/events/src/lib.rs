@@ -5,6 +5,7 @@
 //! when the two drift apart.
 
 pub mod avro;
+pub mod canonical;
 pub mod catalog;
 pub mod domain;
 pub mod envelope;
