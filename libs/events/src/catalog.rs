@@ -198,6 +198,15 @@ pub static SETTLEMENT_CALCULATED: EventType = event_type!(
     "settlement-calculated.avsc"
 );
 
+pub static FILE_RECEIVED: EventType =
+    event_type!("pmcore.file.received.v1", FILES, "file-received.avsc");
+
+pub static FILE_IMPORTED: EventType =
+    event_type!("pmcore.file.imported.v1", FILES, "file-imported.avsc");
+
+pub static FILE_REJECTED: EventType =
+    event_type!("pmcore.file.rejected.v1", FILES, "file-rejected.avsc");
+
 pub static GATEWAY_CONNECTED: EventType = event_type!(
     "pmcore.gateway.connected.v1",
     GATEWAYS,
@@ -251,6 +260,9 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &DISPATCH_EVENT_COMPLETED,
     &DISPATCH_EVENT_MISSED,
     &SETTLEMENT_CALCULATED,
+    &FILE_RECEIVED,
+    &FILE_IMPORTED,
+    &FILE_REJECTED,
     &GATEWAY_CONNECTED,
     &GATEWAY_DISCONNECTED,
     &TELEMETRY_BATCH,

@@ -553,3 +553,66 @@ impl DomainEvent for TelemetryAnomalyDetected {
             .unwrap_or_else(|| self.anomaly_id.clone())
     }
 }
+
+/// `pmcore.file.received.v1`: the bucket watcher noticed a new object version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileReceived {
+    pub file_id: String,
+    pub organization_id: String,
+    pub kind: String,
+    pub name: String,
+    pub bucket: String,
+    pub object_key: String,
+    pub object_version: String,
+    pub size_bytes: i64,
+    pub received_at: i64,
+}
+
+impl DomainEvent for FileReceived {
+    const TYPE: &'static EventType = &catalog::FILE_RECEIVED;
+
+    fn subject(&self) -> String {
+        self.file_id.clone()
+    }
+}
+
+/// `pmcore.file.imported.v1`: every row was valid and is committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileImported {
+    pub file_id: String,
+    pub organization_id: String,
+    pub kind: String,
+    pub rows_read: i64,
+    pub rows_imported: i64,
+    pub imported_at: i64,
+}
+
+impl DomainEvent for FileImported {
+    const TYPE: &'static EventType = &catalog::FILE_IMPORTED;
+
+    fn subject(&self) -> String {
+        self.file_id.clone()
+    }
+}
+
+/// `pmcore.file.rejected.v1`: the file changed nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRejected {
+    pub file_id: String,
+    pub organization_id: Option<String>,
+    pub kind: Option<String>,
+    pub object_key: String,
+    pub reason: String,
+    pub rows_read: i64,
+    pub rows_rejected: i64,
+    pub report_key: Option<String>,
+    pub rejected_at: i64,
+}
+
+impl DomainEvent for FileRejected {
+    const TYPE: &'static EventType = &catalog::FILE_REJECTED;
+
+    fn subject(&self) -> String {
+        self.file_id.clone()
+    }
+}

@@ -3,6 +3,7 @@
 pub mod anomalies;
 pub mod command_acks;
 pub mod eligibility;
+pub mod imports;
 pub mod settlement;
 pub mod telemetry;
 
@@ -47,6 +48,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub settlement: settlement::SettleConfig,
+
+    #[command(flatten)]
+    pub imports: imports::ImportConfig,
 }
 
 #[derive(Debug)]
@@ -134,6 +138,22 @@ impl Service for App {
             settlement::handler(&self.config.settlement),
             cancel.clone(),
         );
+        let imports = consumer::run(
+            self.platform.kafka.clone(),
+            self.platform.pool.clone(),
+            ConsumerSpec {
+                group: imports::CONSUMER_GROUP.to_owned(),
+                topics: vec![catalog::FILES.name],
+                inbox: Inbox::Pm,
+            },
+            imports::handler(
+                self.platform.pool.clone(),
+                self.s3.clone(),
+                self.config.s3.reports_bucket.clone(),
+                self.config.imports.clone(),
+            ),
+            cancel.clone(),
+        );
         let settle = settlement::run(
             self.platform.pool.clone(),
             self.s3.clone(),
@@ -159,6 +179,7 @@ impl Service for App {
                 task(silence),
                 task(queue_settlements),
                 task(settle),
+                task(imports),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

@@ -155,6 +155,7 @@ async fn worker(db: &TestDb, prefix: &str) -> Running {
             tick_ms: 100,
             ..Default::default()
         },
+        imports: Default::default(),
     };
     let app = App::build_with_clock(config, ManualClock::at(at("2026-07-16T00:00:00Z")).shared())
         .await

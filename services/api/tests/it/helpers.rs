@@ -20,6 +20,7 @@ pub(crate) async fn spawn_worker(api: &TestApi) -> Running {
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),
         settlement: Default::default(),
+        imports: Default::default(),
     };
     let app = pmcore_worker::App::build(config)
         .await

@@ -79,6 +79,7 @@ impl Env {
                 tick_ms: 200,
                 ..Default::default()
             },
+            imports: Default::default(),
         };
         let app = pmcore_worker::App::build(config)
             .await

@@ -233,7 +233,7 @@ async fn close(
     Ok(())
 }
 
-async fn put(
+pub(crate) async fn put(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,

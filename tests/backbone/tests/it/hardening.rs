@@ -117,6 +117,7 @@ async fn worker(db: &TestDb, kafka: &KafkaConfig) -> Running {
         s3: pmcore_testkit::s3(),
         telemetry: Default::default(),
         settlement: Default::default(),
+        imports: Default::default(),
     };
     let app = pmcore_worker::App::build(config)
         .await
