@@ -122,6 +122,30 @@ pub async fn presigned_get(
     Ok(request.uri().to_owned())
 }
 
+/// A short-lived PUT link to `key` (signing only). Content type and checksums are
+/// not signed, so any client (curl, a browser, an SDK) can use it as it is.
+pub async fn presigned_put(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(ttl)?;
+    let request = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(config)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "presigning {key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(request.uri().to_owned())
+}
+
 fn client_at(config: &S3Config, endpoint: &str) -> Client {
     let credentials = Credentials::new(
         &config.access_key,

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod enrollments;
 pub mod error;
 pub mod extract;
+pub mod files;
 pub mod gateways;
 mod limits;
 pub mod openapi;
@@ -221,6 +222,7 @@ impl Service for App {
             reports: state::Reports {
                 client: pmcore_storage::link_client(&config.s3),
                 bucket: config.s3.reports_bucket.clone(),
+                inbound_bucket: config.s3.inbound_bucket.clone(),
             },
         };
         Ok(Self {

@@ -7,8 +7,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    accuracy, auth, baselines, ders, dispatch, enrollments, gateways, organizations, programs,
-    settlements, state::AppState, telemetry,
+    accuracy, auth, baselines, ders, dispatch, enrollments, files, gateways, organizations,
+    programs, settlements, state::AppState, telemetry,
 };
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use crate::{
         (name = "ders", description = "The DER warehouse"),
         (name = "enrollments", description = "DERs in programs: requests, eligibility, decisions"),
         (name = "dispatch-events", description = "Scheduling, cancellation, opt-outs, and each running event's commands and live response"),
+        (name = "files", description = "CSV uploads (DER registry, enrollments, meter data) into the inbound bucket, their imports and per-row error reports"),
         (name = "telemetry", description = "Readings, aggregates and anomalies"),
         (name = "settlements", description = "Measured performance of completed events, baselines, settlements and their reports"),
     )
@@ -88,6 +89,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(settlements::statement))
         .routes(routes!(baselines::preview))
         .routes(routes!(accuracy::report))
+        .routes(routes!(files::upload, files::list))
+        .routes(routes!(files::get))
         .routes(routes!(telemetry::der_series))
         .routes(routes!(telemetry::aggregate))
         .routes(routes!(telemetry::anomalies))

@@ -53,9 +53,11 @@ impl DisabledClients {
     }
 }
 
-/// Signs links to the reports bucket (signing only: the api never reads reports).
+/// Signs download links to the reports bucket and upload links to the inbound
+/// bucket (signing only: the api never reads or writes objects itself).
 #[derive(Debug, Clone)]
 pub struct Reports {
     pub client: pmcore_storage::Client,
     pub bucket: String,
+    pub inbound_bucket: String,
 }

@@ -1,11 +1,16 @@
-//! `bucket-watcher`: Notices each new object version in the inbound bucket exactly once. This foundation checks its dependencies and publishes its outbox.
+//! `bucket-watcher`: notices each new object version in the inbound bucket exactly
+//! once, records it in the file ledger and publishes `file.received` (or
+//! `file.rejected` for a key outside `<organization id>/<kind>/`) through the outbox.
 
-use std::net::SocketAddr;
+pub mod keys;
+pub mod watch;
+
+use std::{net::SocketAddr, time::Duration};
 
 use axum::Router;
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use pmcore_storage::S3Config;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +23,14 @@ pub struct Config {
         default_value = "0.0.0.0:3012"
     )]
     pub listen: SocketAddr,
+
+    /// How often the inbound bucket is listed, in ms.
+    #[arg(
+        long = "poll-ms",
+        env = "PMCORE_BUCKET_WATCHER_POLL_MS",
+        default_value_t = 2000
+    )]
+    pub poll_ms: u64,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -67,11 +80,19 @@ impl Service for App {
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let readiness = self.platform.readiness().s3(&self.s3, &self.config.s3);
+        let watch = watch::run(
+            self.platform.pool.clone(),
+            self.s3.clone(),
+            self.config.s3.inbound_bucket.clone(),
+            Duration::from_millis(self.config.poll_ms.max(50)),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
+                task(watch),
                 self.platform.serve(Router::new(), readiness, cancel),
             ],
         )

@@ -6,6 +6,7 @@ mod ders;
 mod dispatch;
 mod enrollments;
 mod errors;
+mod files;
 mod gateways;
 mod helpers;
 mod oidc;
