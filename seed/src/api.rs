@@ -54,6 +54,63 @@ impl Api {
         Ok(body)
     }
 
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "GET {path}: {status}: {body}");
+        Ok(body)
+    }
+
+    /// Uploads a CSV as `POST /v1/files` and a PUT to its link describe, then waits
+    /// until the platform imported it; fails if it was rejected.
+    pub async fn upload_file(
+        &self,
+        kind: &str,
+        name: &str,
+        organization_id: Option<&str>,
+        csv: String,
+    ) -> anyhow::Result<Value> {
+        let file = self
+            .post(
+                "/v1/files",
+                &json!({"kind": kind, "name": name, "organization_id": organization_id}),
+            )
+            .await?;
+        let url = file["upload_url"].as_str().context("no upload_url")?;
+        let put = self.http.put(url).body(csv).send().await?;
+        anyhow::ensure!(
+            put.status().is_success(),
+            "PUT {name} to the inbound bucket: {}",
+            put.status()
+        );
+        let id = file["id"].as_str().context("no file id")?;
+        let started = std::time::Instant::now();
+        loop {
+            let file = self.get(&format!("/v1/files/{id}")).await?;
+            match file["status"].as_str() {
+                Some("imported") => return Ok(file),
+                Some("rejected") => anyhow::bail!(
+                    "{name} was rejected: {} (report: {})",
+                    file["reason"],
+                    file["error_report_url"]
+                ),
+                _ => {}
+            }
+            anyhow::ensure!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "{name} was not imported within 2 minutes (status {}); are the bucket-watcher and the worker running?",
+                file["status"]
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     /// Every item of a paginated list.
     pub async fn all(&self, path: &str) -> anyhow::Result<Vec<Value>> {
         let sep = if path.contains('?') { '&' } else { '?' };

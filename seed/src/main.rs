@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let mut credentials = api::Credentials::load(&cli.credentials)?;
 
     let programs = seed_programs(&admin).await?;
+    let mut first = None;
     for (name, slug) in AGGREGATORS {
         let org = admin.organization(name, "aggregator").await?;
         let client = credentials.client_for(&admin, &org, slug).await?;
@@ -62,12 +63,93 @@ async fn main() -> anyhow::Result<()> {
         // Every other DER also in the running program, so events can be scheduled.
         let half: Vec<Value> = ders.iter().step_by(2).cloned().collect();
         seed_enrollments(&participant, &programs.1, &half, slug).await?;
+        if first.is_none() {
+            first = Some((org, participant, ders));
+        }
     }
     credentials.save(&cli.credentials)?;
+    if let Some((org, participant, ders)) = &first {
+        seed_files(&admin, participant, org, &programs.1, ders).await?;
+    }
     seed_event(&admin, &programs.1).await?;
     eprintln!(
         "seed: done; aggregator credentials in {}",
         cli.credentials.display()
+    );
+    Ok(())
+}
+
+/// Files, the other way in: the first aggregator uploads an enrollments CSV putting
+/// twenty DERs the REST seeding left out into the running program (once), and the
+/// utility uploads yesterday's 15-minute meter data for ten of them (importing it
+/// again adds nothing).
+async fn seed_files(
+    admin: &Api,
+    participant: &Api,
+    org: &Value,
+    running: &str,
+    ders: &[Value],
+) -> anyhow::Result<()> {
+    let org_id = org["id"].as_str().unwrap_or_default();
+    // `seed_enrollments` put every other DER in the running program; these are the others.
+    let left_out: Vec<&Value> = ders
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .filter(|d| matches!(d["der_type"].as_str(), Some("battery" | "thermostat")))
+        .take(20)
+        .collect();
+    let enrolled: HashSet<String> = admin
+        .all(&format!("/v1/enrollments?program_id={running}"))
+        .await?
+        .iter()
+        .filter_map(|e| e["der_id"].as_str().map(str::to_owned))
+        .collect();
+    if left_out
+        .iter()
+        .any(|d| d["id"].as_str().is_some_and(|id| enrolled.contains(id)))
+    {
+        eprintln!("seed: the enrollments file was imported before");
+    } else {
+        let mut csv = String::from("der_external_id,program_id,committed_kw\n");
+        for der in &left_out {
+            let kw = der["nameplate_kw"].as_f64().unwrap_or(1.0) * 0.5;
+            csv += &format!(
+                "{},{running},{kw:.1}\n",
+                der["external_id"].as_str().unwrap_or_default()
+            );
+        }
+        let file = participant
+            .upload_file("enrollments", "more-enrollments.csv", None, csv)
+            .await?;
+        eprintln!(
+            "seed: enrollments file imported ({} enrollment requests)",
+            file["rows_imported"]
+        );
+    }
+    let zone = chrono_tz::America::Los_Angeles;
+    let yesterday = chrono::Utc::now().with_timezone(&zone).date_naive() - chrono::Days::new(1);
+    let midnight = yesterday
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(zone).earliest())
+        .ok_or_else(|| anyhow::anyhow!("no local midnight yesterday"))?;
+    let mut csv = String::from("der_external_id,interval_start,interval_minutes,kwh\n");
+    for der in left_out.iter().take(10) {
+        let ext = der["external_id"].as_str().unwrap_or_default();
+        for q in 0..96u32 {
+            let start = midnight + chrono::TimeDelta::minutes(15 * i64::from(q));
+            let hour = f64::from(q) / 4.0;
+            // An evening-peaked household load, in kWh per quarter hour.
+            let kwh = 0.15 + 0.25 * (-(hour - 18.5).powi(2) / 8.0).exp();
+            csv += &format!("{ext},{},15,{kwh:.3}\n", start.to_rfc3339());
+        }
+    }
+    let file = admin
+        .upload_file("meter_data", "mdm-yesterday.csv", Some(org_id), csv)
+        .await?;
+    eprintln!(
+        "seed: meter-data file imported ({} rows read, {} new)",
+        file["rows_read"], file["rows_imported"]
     );
     Ok(())
 }
