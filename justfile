@@ -114,7 +114,7 @@ coverage:
 # ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
 
 # Every benchmark.
-bench: bench-api bench-telemetry bench-dispatch bench-settlement
+bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import
 
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
@@ -131,6 +131,10 @@ bench-dispatch:
 # Settling one event of 200 to 2,000 DERs with 45 days of 5-minute history, against a plain scan.
 bench-settlement:
     scripts/bench-settlement.sh
+
+# A 100k- and a 1M-row meter-data file from the inbound bucket into Postgres, against COPY.
+bench-import:
+    scripts/bench-import.sh
 
 # ---- run ---------------------------------------------------------------------------
 

@@ -44,7 +44,9 @@ create index file_object_idx on pm.file (bucket, object_key);
 -- from pm.telemetry on purpose: telemetry rows are instantaneous kW samples that the
 -- rollups average, meter rows are energies over an interval of a stated length, and
 -- mixing them would make both means wrong. The primary key makes a re-imported file
--- add nothing.
+-- add nothing. No foreign key to pm.der, as for telemetry: the import already checks
+-- each row's DER against the uploading organization, and the per-row check made a
+-- 1M-row import take 15 s instead of 8 s (`just bench-import`).
 create table pm.meter_interval (
     der_id           uuid not null,
     interval_start   timestamptz not null,
@@ -53,7 +55,6 @@ create table pm.meter_interval (
     file_id          uuid not null,
     imported_at      timestamptz not null default now(),
     constraint meter_interval_pkey primary key (der_id, interval_start),
-    constraint meter_interval_der_fkey foreign key (der_id) references pm.der (id),
     constraint meter_interval_minutes_check check (interval_minutes in (5, 15, 30, 60))
 );
 
