@@ -58,6 +58,13 @@ create table pm.meter_interval (
     constraint meter_interval_minutes_check check (interval_minutes in (5, 15, 30, 60))
 );
 
+-- Which readings a program's events are settled on: the gateways' telemetry, or the
+-- utility's meter data (imported files).
+alter table pm.program add column settlement_data_source text not null default 'telemetry',
+    add constraint program_settlement_data_source_check check (
+        settlement_data_source in ('telemetry', 'meter')
+    );
+
 grant select, insert on pm.file to pmcore_api;
 grant select, insert, update on pm.file to pmcore_bucket_watcher, pmcore_worker;
 grant select on pm.organization to pmcore_bucket_watcher;

@@ -51,6 +51,49 @@ pub async fn interval_means(
     Ok(())
 }
 
+/// The same means from imported interval meter data (`pm.meter_interval`): each
+/// reading's average power (kWh × 60 / its minutes) counts in every `interval` bin
+/// its span covers, so 15-minute readings average into an hour and an hourly reading
+/// fills four quarter hours.
+pub async fn meter_interval_means(
+    conn: &mut PgConnection,
+    ders: &[Uuid],
+    interval: TimeDelta,
+    ranges: &[(DateTime<Utc>, DateTime<Utc>)],
+    mut on_row: impl FnMut(Uuid, DateTime<Utc>, f64),
+) -> sqlx::Result<()> {
+    let (Some(first), Some(last)) = (
+        ranges.iter().map(|r| r.0).min(),
+        ranges.iter().map(|r| r.1).max(),
+    ) else {
+        return Ok(());
+    };
+    let (starts, ends): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = ranges.iter().copied().unzip();
+    let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
+        "select m.der_id, date_bin(make_interval(secs => $6), b, timestamptz '1970-01-01 00:00:00+00'),
+                avg(m.energy_kwh * 60.0 / m.interval_minutes)
+         from pm.meter_interval m
+         cross join lateral generate_series(
+             m.interval_start,
+             m.interval_start + make_interval(mins => m.interval_minutes) - interval '1 microsecond',
+             make_interval(secs => least($6, m.interval_minutes * 60.0))) as b
+         where m.der_id = any($1) and m.interval_start > $2 - interval '1 hour' and m.interval_start < $3
+           and b <@ (select range_agg(tstzrange(s, e)) from unnest($4::timestamptz[], $5::timestamptz[]) as r(s, e))
+         group by 1, 2",
+    )
+    .bind(ders)
+    .bind(first)
+    .bind(last)
+    .bind(&starts)
+    .bind(&ends)
+    .bind(interval.num_seconds() as f64)
+    .fetch(conn);
+    while let Some((der, bucket, kw)) = rows.try_next().await? {
+        on_row(der, bucket, kw);
+    }
+    Ok(())
+}
+
 /// Every started event (other than `except`) of each of `ders` that overlaps
 /// `[since, until)`: `(der, starts_at, ends_at)`.
 pub async fn other_events(

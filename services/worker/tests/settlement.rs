@@ -405,3 +405,68 @@ async fn read_settlement(prefix: &str, version: i32) -> SettlementCalculated {
         }
     }
 }
+
+/// A program that settles on meter data reads `pm.meter_interval`, not telemetry:
+/// the fleet's telemetry says 2 kW during the event, the meters say 1 kW.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_on_meter_data_is_measured_from_the_imported_intervals() {
+    pmcore_testkit::init_logs();
+    let db = TestDb::new().await.expect("database");
+    let prefix = unique_prefix();
+    let f = fleet(&db.pool).await;
+    sqlx::query("update pm.program set settlement_data_source = 'meter' where id = $1")
+        .bind(f.program)
+        .execute(&db.pool)
+        .await
+        .expect("program");
+    // One DER read hourly, one every 15 minutes: 4 kW, and 1 kW during the event.
+    for (der, minutes) in [(f.measured[0], 60), (f.measured[1], 15)] {
+        sqlx::query(
+            "insert into pm.meter_interval (der_id, interval_start, interval_minutes, energy_kwh, file_id)
+             select $1, t, $2, case when t >= $3 and t < $4 then 1 else 4 end * $2 / 60.0, gen_random_uuid()
+             from generate_series(timestamptz '2026-06-25 00:00:00+00', timestamptz '2026-07-15 23:00:00+00',
+                                  make_interval(mins => $2)) t",
+        )
+        .bind(der)
+        .bind(minutes)
+        .bind(at(START))
+        .bind(at(END))
+        .execute(&db.pool)
+        .await
+        .expect("meter data");
+    }
+    sqlx::query(
+        "insert into pm.settlement_request (event_id, version, due_at, reason, requested_by)
+         values ($1, 1, $2, 'event_completed', 'test')",
+    )
+    .bind(f.event)
+    .bind(at(END))
+    .execute(&db.pool)
+    .await
+    .expect("request");
+    let _worker = worker(&db, &prefix).await;
+    let run = eventually(Duration::from_secs(60), "version 1", || {
+        run_of(&db.pool, f.event, 1)
+    })
+    .await;
+    let lines: Vec<(Uuid, String, Option<Decimal>, Option<Decimal>)> = sqlx::query_as(
+        "select der_id, status, baseline_kwh, delivered_kwh from pm.der_performance where run_id = $1",
+    )
+    .bind(run)
+    .fetch_all(&db.pool)
+    .await
+    .expect("lines");
+    for (der, status, baseline, delivered) in lines {
+        if der == f.measured[0] || der == f.measured[1] {
+            assert_eq!(status, "measured", "{der}");
+            // 4 kW × 2 h baseline, 1 kW actual: 6 kWh, where telemetry would say 4.
+            assert_eq!(
+                (baseline, delivered),
+                (Some(dec("8")), Some(dec("6"))),
+                "{der}"
+            );
+        } else {
+            assert_eq!(status, "insufficient_data", "telemetry is not read: {der}");
+        }
+    }
+}

@@ -17,8 +17,8 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use self::model::{
-    BaselineMethod, DerType, Eligibility, EventLimits, ProgramIn, ProgramKind, ProgramOut,
-    ProgramPatch, ProgramStatus, SettlementRules, Transition,
+    BaselineMethod, DataSource, DerType, Eligibility, EventLimits, ProgramIn, ProgramKind,
+    ProgramOut, ProgramPatch, ProgramStatus, SettlementRules, Transition,
 };
 use crate::{
     auth::{Principal, Role},
@@ -35,7 +35,7 @@ const COLUMNS: &str = "id, organization_id, name, kind, status, description, tim
     energy_rate_cents_kwh, baseline_method, eligible_der_types,
     min_nameplate_kw::float8 as min_nameplate_kw, eligible_feeders, max_events_per_season,
     max_event_duration_minutes, min_notice_minutes, baseline_params, interval_minutes, holidays,
-    penalty_rate_cents_kwh, capacity_events_per_month, created_at, updated_at";
+    penalty_rate_cents_kwh, capacity_events_per_month, settlement_data_source, created_at, updated_at";
 
 #[derive(FromRow)]
 struct ProgramRow {
@@ -61,6 +61,7 @@ struct ProgramRow {
     holidays: serde_json::Value,
     penalty_rate_cents_kwh: i64,
     capacity_events_per_month: i32,
+    settlement_data_source: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -87,6 +88,7 @@ impl TryFrom<ProgramRow> for ProgramOut {
                 holidays: serde_json::from_value(r.holidays)?,
                 penalty_rate_cents_kwh: r.penalty_rate_cents_kwh,
                 capacity_events_per_month: r.capacity_events_per_month,
+                data_source: DataSource::parse(&r.settlement_data_source)?,
             },
             eligibility: Eligibility {
                 der_types: r
@@ -129,9 +131,10 @@ async fn write(conn: &mut PgConnection, p: &ProgramOut, insert: bool) -> ApiResu
             target_capacity_kw, capacity_rate_cents_kw_month, energy_rate_cents_kwh, baseline_method,
             eligible_der_types, min_nameplate_kw, eligible_feeders, max_events_per_season,
             max_event_duration_minutes, min_notice_minutes, created_at, updated_at, baseline_params,
-            interval_minutes, holidays, penalty_rate_cents_kwh, capacity_events_per_month)
+            interval_minutes, holidays, penalty_rate_cents_kwh, capacity_events_per_month,
+            settlement_data_source)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
-                 $20, $21, $22, $23, $24)"
+                 $20, $21, $22, $23, $24, $25)"
     } else {
         "update pm.program set organization_id = $2, name = $3, kind = $4, status = $5,
             description = $6, time_zone = $7, target_capacity_kw = $8,
@@ -139,7 +142,8 @@ async fn write(conn: &mut PgConnection, p: &ProgramOut, insert: bool) -> ApiResu
             eligible_der_types = $12, min_nameplate_kw = $13, eligible_feeders = $14,
             max_events_per_season = $15, max_event_duration_minutes = $16, min_notice_minutes = $17,
             created_at = $18, updated_at = $19, baseline_params = $20, interval_minutes = $21,
-            holidays = $22, penalty_rate_cents_kwh = $23, capacity_events_per_month = $24
+            holidays = $22, penalty_rate_cents_kwh = $23, capacity_events_per_month = $24,
+            settlement_data_source = $25
          where id = $1"
     };
     sqlx::query(sql)
@@ -167,6 +171,7 @@ async fn write(conn: &mut PgConnection, p: &ProgramOut, insert: bool) -> ApiResu
         .bind(serde_json::to_value(&p.settlement.holidays).map_err(anyhow::Error::from)?)
         .bind(p.settlement.penalty_rate_cents_kwh)
         .bind(p.settlement.capacity_events_per_month)
+        .bind(p.settlement.data_source.as_str())
         .execute(conn)
         .await?;
     Ok(())

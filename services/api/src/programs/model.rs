@@ -91,6 +91,9 @@ pub struct SettlementRules {
     pub penalty_rate_cents_kwh: i64,
     /// Each event earns 1 / this of a month's capacity payment.
     pub capacity_events_per_month: i32,
+    /// The readings events are measured on: the gateways' telemetry, or the utility's
+    /// interval meter data imported as `meter_data` files.
+    pub data_source: DataSource,
 }
 
 impl Default for SettlementRules {
@@ -101,6 +104,32 @@ impl Default for SettlementRules {
             holidays: Holidays::default(),
             penalty_rate_cents_kwh: 0,
             capacity_events_per_month: 4,
+            data_source: DataSource::Telemetry,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    #[default]
+    Telemetry,
+    Meter,
+}
+
+impl DataSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Telemetry => "telemetry",
+            Self::Meter => "meter",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "telemetry" => Ok(Self::Telemetry),
+            "meter" => Ok(Self::Meter),
+            other => anyhow::bail!("unexpected settlement data source `{other}`"),
         }
     }
 }

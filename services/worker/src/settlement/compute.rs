@@ -20,6 +20,8 @@ use uuid::Uuid;
 /// The event and its program's measurement and settlement rules.
 #[derive(Debug, Clone)]
 pub struct EventRules {
+    /// Where the DERs' readings come from.
+    pub readings: Readings,
     pub event_id: Uuid,
     pub program_id: Uuid,
     pub window: Window,
@@ -30,6 +32,15 @@ pub struct EventRules {
     pub time_zone: Tz,
     pub holidays: Holidays,
     pub rates: Rates,
+}
+
+/// The readings a program settles on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readings {
+    /// The gateways' telemetry.
+    Telemetry,
+    /// The utility's imported interval meter data.
+    Meter,
 }
 
 impl EventRules {

@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::compute::{EventRules, Participant};
+use super::compute::{EventRules, Participant, Readings};
 
 /// Why an event cannot be settled at all (the request is closed with the reason).
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,7 @@ struct RulesRow {
     energy_rate_cents_kwh: i64,
     penalty_rate_cents_kwh: i64,
     capacity_events_per_month: i32,
+    settlement_data_source: String,
 }
 
 pub async fn rules(
@@ -55,7 +56,7 @@ pub async fn rules(
         "select e.program_id, e.starts_at, e.ends_at, e.target_kw::float8 as target_kw, e.status,
                 p.baseline_method, p.baseline_params, p.interval_minutes, p.time_zone, p.holidays,
                 p.capacity_rate_cents_kw_month, p.energy_rate_cents_kwh, p.penalty_rate_cents_kwh,
-                p.capacity_events_per_month
+                p.capacity_events_per_month, p.settlement_data_source
          from pm.dispatch_event e join pm.program p on p.id = e.program_id
          where e.id = $1",
     )
@@ -77,8 +78,14 @@ pub async fn rules(
         Ok(h) => h,
         Err(e) => return bad(format!("holidays: {e}")),
     };
+    let readings = match r.settlement_data_source.as_str() {
+        "telemetry" => Readings::Telemetry,
+        "meter" => Readings::Meter,
+        other => return bad(format!("settlement data source {other:?}")),
+    };
     let dollars = |cents: i64| Decimal::new(cents, 2);
     Ok(Ok(EventRules {
+        readings,
         event_id,
         program_id: r.program_id,
         window: Window {
@@ -145,22 +152,31 @@ pub async fn participants(
         .collect())
 }
 
-/// Interval means of `ders` within `ranges`, one series per DER (an empty one for a
-/// DER without readings).
+/// Interval means of `ders` within `ranges` from the program's readings, one series
+/// per DER (an empty one for a DER without readings).
 pub async fn series(
     conn: &mut PgConnection,
     ders: &[Uuid],
     interval: TimeDelta,
     ranges: &[(DateTime<Utc>, DateTime<Utc>)],
+    readings: Readings,
 ) -> anyhow::Result<BTreeMap<Uuid, Series>> {
     let mut out: BTreeMap<Uuid, Vec<(DateTime<Utc>, f64)>> =
         ders.iter().map(|d| (*d, Vec::new())).collect();
-    pmcore_db::telemetry::interval_means(conn, ders, interval, ranges, |der, bucket, kw| {
+    let on_row = |der, bucket, kw| {
         if let Some(points) = out.get_mut(&der) {
             points.push((bucket, kw));
         }
-    })
-    .await?;
+    };
+    match readings {
+        Readings::Telemetry => {
+            pmcore_db::telemetry::interval_means(conn, ders, interval, ranges, on_row).await?;
+        }
+        Readings::Meter => {
+            pmcore_db::telemetry::meter_interval_means(conn, ders, interval, ranges, on_row)
+                .await?;
+        }
+    }
     Ok(out
         .into_iter()
         .map(|(der, points)| (der, Series::from_intervals(interval, points)))

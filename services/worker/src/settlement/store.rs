@@ -106,7 +106,7 @@ pub async fn settle_next(
     for part in participants.chunks(chunk.max(1)) {
         let ids: Vec<Uuid> = part.iter().map(|p| p.der_id).collect();
         let phase = Instant::now();
-        let series = inputs::series(&mut tx, &ids, rules.interval, &ranges).await?;
+        let series = inputs::series(&mut tx, &ids, rules.interval, &ranges, rules.readings).await?;
         read_s += phase.elapsed().as_secs_f64();
         let phase = Instant::now();
         for p in part {
