@@ -348,7 +348,7 @@ async fn register_all(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    insert(&mut tx, &ders, &principal.event_meta()).await?;
+    insert(&mut tx, &ders, &principal.event_meta("api")).await?;
     tx.commit().await?;
     metrics::counter!("pmcore_api_ders_registered_total").increment(ders.len() as u64);
     Ok(ders)
@@ -610,7 +610,7 @@ pub async fn update(
         der_json: serde_json::to_string(&der).map_err(anyhow::Error::from)?,
         updated_at: der.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(Json(der))
 }
@@ -653,7 +653,7 @@ pub async fn decommission(
         organization_id: der.organization_id.to_string(),
         decommissioned_at: der.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(Json(der))
 }

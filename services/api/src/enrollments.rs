@@ -207,7 +207,7 @@ pub async fn request(
         committed_kw: enrollment.committed_kw,
         requested_at: enrollment.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(created(
         format!("/v1/enrollments/{}", enrollment.id),
@@ -369,7 +369,7 @@ async fn change(
         decided_by: principal.audit_name(),
         changed_at: enrollment.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(enrollment)
 }

@@ -132,7 +132,7 @@ pub async fn register(
         firmware: gateway.firmware.clone(),
         registered_at: gateway.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     let location = format!("/v1/gateways/{}", gateway.id);
     Ok(created(location, GatewayWithSecret { gateway, secret }))
@@ -252,7 +252,7 @@ pub async fn rotate_secret(
         organization_id: gateway.organization_id.to_string(),
         rotated_at: gateway.secret_rotated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(Json(GatewayWithSecret { gateway, secret }))
 }

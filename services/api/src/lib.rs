@@ -7,14 +7,11 @@ pub mod baselines;
 pub mod ders;
 pub mod dispatch;
 pub mod enrollments;
-pub mod error;
-pub mod extract;
+pub use pmcore_web::{error, extract, limits, pagination};
 pub mod files;
 pub mod gateways;
-mod limits;
 pub mod openapi;
 pub mod organizations;
-pub mod pagination;
 pub mod programs;
 pub mod settlements;
 pub mod state;
@@ -34,8 +31,7 @@ use uuid::Uuid;
 
 use crate::{auth::tokens::Tokens, error::ApiError, limits::Limits, state::AppState};
 
-/// Largest request body the API reads.
-pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+pub use pmcore_web::BODY_LIMIT_BYTES;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {

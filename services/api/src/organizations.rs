@@ -104,7 +104,7 @@ pub async fn create(
         kind: out.kind.as_str().to_owned(),
         created_at: out.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/organizations/{}", out.id), out))
 }
@@ -261,7 +261,7 @@ pub async fn create_client(
         roles: role_names.iter().map(|r| (*r).to_owned()).collect(),
         created_at: created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     let out = ClientOut {
         id,
@@ -324,7 +324,7 @@ pub async fn disable_client(
             organization_id: organization_id.to_string(),
             disabled_at: at.timestamp_micros(),
         };
-        outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+        outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     }
     tx.commit().await?;
     state.disabled.insert(client_id);

@@ -343,7 +343,7 @@ pub async fn schedule(
         enrolled_der_count: i32::try_from(enrolled).unwrap_or(i32::MAX),
         scheduled_at: event.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &scheduled, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &scheduled, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/dispatch-events/{}", event.id), event))
 }
@@ -527,7 +527,7 @@ pub async fn cancel(
         reason,
         cancelled_at: event.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &cancelled, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &cancelled, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(Json(event))
 }
@@ -605,7 +605,7 @@ pub async fn opt_out(
         reason,
         opted_out_at: opt_out.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &opted, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &opted, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/dispatch-events/{id}"), opt_out))
 }

@@ -213,7 +213,7 @@ pub async fn create(
         status: program.status.as_str().to_owned(),
         created_at: program.created_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(created(format!("/v1/programs/{}", program.id), program))
 }
@@ -342,7 +342,7 @@ pub async fn update(
         program_json: serde_json::to_string(&program).map_err(anyhow::Error::from)?,
         updated_at: program.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     tx.commit().await?;
     Ok(Json(program))
 }
@@ -370,7 +370,7 @@ async fn transition(
         to_status: program.status.as_str().to_owned(),
         changed_at: program.updated_at.timestamp_micros(),
     };
-    outbox::enqueue(&mut tx, &event, &principal.event_meta()).await?;
+    outbox::enqueue(&mut tx, &event, &principal.event_meta("api")).await?;
     if program.status == ProgramStatus::Active {
         activate_enrollments(&mut tx, &program, &principal).await?;
     }
@@ -405,7 +405,7 @@ async fn activate_enrollments(
             decided_by: principal.audit_name(),
             changed_at: program.updated_at.timestamp_micros(),
         };
-        outbox::enqueue(&mut *conn, &event, &principal.event_meta()).await?;
+        outbox::enqueue(&mut *conn, &event, &principal.event_meta("api")).await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, deco
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{OrganizationKind, Principal, Role};
+use crate::auth::{OrganizationKind, Principal, Role};
 use crate::error::ApiError;
 
 pub const ISSUER: &str = "pmcore";
