@@ -1,6 +1,7 @@
 //! `audit-log`: reads every domain topic and appends what happened, who did it and
 //! when to `audit.entry`.
 
+pub mod log;
 mod recorder;
 
 use std::{net::SocketAddr, sync::Arc};

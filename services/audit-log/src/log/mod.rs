@@ -1,0 +1,6 @@
+//! The transparency log: leaves, the Merkle tree and signed checkpoints. Pure; the
+//! service stores and serves them.
+
+pub mod leaf;
+pub mod note;
+pub mod tree;
