@@ -70,9 +70,10 @@ db-drop:
     source scripts/env.sh && for db in $(PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -tAc "select datname from pg_database where datname = 'pmcore' or datname like 'pmcore_t_%'"); do \
       PGPASSWORD=pmcore psql -h 127.0.0.1 -p "$PMCORE_PG_PORT" -U pmcore -d postgres -qc "drop database \"$db\" with (force)"; echo "dropped $db"; done
 
-# Apply pending migrations from flyway/ and create the service logins.
+# Apply pending migrations (flyway/pm/, flyway/audit/) and create the service logins.
 db-migrate:
     source scripts/env.sh && cargo run --quiet --bin api -- --log-format text migrate
+    source scripts/env.sh && cargo run --quiet --bin audit-log -- --log-format text migrate
     scripts/stack.sh logins
 
 # ---- contracts ---------------------------------------------------------------------

@@ -178,6 +178,8 @@ services_up() {
   say "building services"
   cargo build --quiet --bins
   PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/api" migrate
+  # The audit service's own set (flyway/audit/), after the platform's.
+  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/audit-log" migrate
   db_logins
   for svc in "$@"; do
     # Each with its own login: only its role's privileges.

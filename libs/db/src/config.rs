@@ -39,7 +39,7 @@ pub struct DbConfig {
     )]
     pub statement_timeout_ms: u64,
 
-    /// Apply pending migrations from flyway/ at start (waits for Postgres).
+    /// Apply pending migrations at start (waits for Postgres).
     #[arg(
         long = "migrate-on-start",
         env = "PMCORE_MIGRATE_ON_START",

@@ -12,6 +12,8 @@ use crate::telemetry::{self, TelemetryConfig};
 pub trait Service: Sized + Send {
     const NAME: &'static str;
     const ABOUT: &'static str;
+    /// The migration sets `migrate` applies: the platform's, and the service's own.
+    const MIGRATIONS: &'static [pmcore_db::migrate::Set] = &[pmcore_db::migrate::Set::Platform];
     type Config: Args + Clone + Send + Sync + 'static;
 
     fn database(config: &Self::Config) -> &DbConfig;
@@ -39,7 +41,7 @@ struct Cli<C: Args> {
 enum Command {
     /// Run the service (the default).
     Serve,
-    /// Apply pending database migrations from flyway/ and exit.
+    /// Apply pending database migrations (flyway/pm/, and the service's own) and exit.
     Migrate,
     /// Exit 0 when the running service answers /readyz with 200 (for container health checks).
     Healthcheck,
@@ -89,7 +91,9 @@ async fn dispatch<S: Service>(cli: Cli<S::Config>) -> anyhow::Result<()> {
             let _guard = telemetry::init(S::NAME, &cli.telemetry)?;
             let cancel = crate::shutdown::on_signal()?;
             if S::database(&cli.config).migrate_on_start {
-                let applied = pmcore_db::migrate::run_when_ready(S::database(&cli.config)).await?;
+                let applied =
+                    pmcore_db::migrate::run_when_ready(S::database(&cli.config), S::MIGRATIONS)
+                        .await?;
                 tracing::info!(?applied, "migrations applied");
             }
             tracing::info!(listen = %S::listen_addr(&cli.config), "{} starting", S::NAME);
@@ -99,7 +103,8 @@ async fn dispatch<S: Service>(cli: Cli<S::Config>) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let _guard = telemetry::init(S::NAME, &cli.telemetry)?;
-            let applied = pmcore_db::migrate::run(S::database(&cli.config)).await?;
+            let applied =
+                pmcore_db::migrate::run_sets(S::database(&cli.config), S::MIGRATIONS).await?;
             tracing::info!(?applied, "migrations applied");
             Ok(())
         }

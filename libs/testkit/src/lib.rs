@@ -1,6 +1,6 @@
 //! Helpers for tests that run against the real stack (`just stack-up --profile testing`).
 //!
-//! Every test gets its own database (migrated from `flyway/`), its own topic prefix
+//! Every test gets its own database (migrated from `flyway/pm/` and `flyway/audit/`), its own topic prefix
 //! and consumer groups, so tests run in parallel against one Postgres and one broker.
 
 use std::{
@@ -90,7 +90,11 @@ impl TestDb {
         admin.close().await?;
         let url = with_database(url, &name);
         let config = DbConfig::from_url(&url);
-        pmcore_db::migrate::run(&config).await?;
+        pmcore_db::migrate::run_sets(
+            &config,
+            &[pmcore_db::migrate::Set::Platform, pmcore_db::migrate::Set::Audit],
+        )
+        .await?;
         ensure_logins(&url).await?;
         let pool = PgPool::connect(&url).await?;
         Ok(Self { name, url, pool })

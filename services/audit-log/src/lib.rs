@@ -56,6 +56,8 @@ impl App {
 impl Service for App {
     const NAME: &'static str = "audit-log";
     const ABOUT: &'static str = "pmcore audit-log: the append-only trail of every domain event";
+    const MIGRATIONS: &'static [pmcore_db::migrate::Set] =
+        &[pmcore_db::migrate::Set::Platform, pmcore_db::migrate::Set::Audit];
     type Config = Config;
 
     fn database(config: &Config) -> &DbConfig {

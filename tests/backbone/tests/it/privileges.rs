@@ -24,6 +24,12 @@ async fn the_audit_role_may_append_but_never_rewrite_the_trail() {
     for sql in [
         "update audit.entry set subject = 'forged'",
         "delete from audit.entry",
+        "update audit.leaf set leaf_hash = leaf_hash",
+        "delete from audit.leaf",
+        "update audit.tree_hash set hash = hash",
+        "delete from audit.tree_hash",
+        "update audit.checkpoint set note = ''",
+        "delete from audit.checkpoint",
     ] {
         let denied = as_role(&db, "pmcore_audit_log", sql).await.expect_err(sql);
         assert!(denied.contains("permission denied"), "{sql}: {denied}");
