@@ -1,12 +1,15 @@
 //! `audit-log`: reads every domain topic and appends what happened, who did it and
-//! when to `audit.entry`.
+//! when to a transparency log (RFC 6962 Merkle tree, signed C2SP checkpoints), and
+//! serves it: entries, checkpoints, proofs and verification (port 3003).
 
+pub mod http;
 pub mod log;
 mod recorder;
+pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
 use pmcore_db::{DbConfig, inbox::Inbox};
 use pmcore_events::catalog;
 use pmcore_kafka::{
@@ -14,11 +17,18 @@ use pmcore_kafka::{
     consumer::{self, ConsumerSpec},
 };
 use pmcore_runtime::{Platform, Service, supervise, task};
+use pmcore_web::{error::ApiError, limits::Limits, tokens::Tokens};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 pub use recorder::Recorder;
 
+use crate::{http::AuditState, log::note::CheckpointSigner};
+
 pub const CONSUMER_GROUP: &str = "pmcore-audit-log";
+
+/// Records appended per transaction when the topics have a backlog.
+const BATCH: usize = 500;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -34,6 +44,41 @@ pub struct Config {
     #[arg(long = "consumer-group", env = "PMCORE_AUDIT_LOG_GROUP", default_value = CONSUMER_GROUP)]
     pub group: String,
 
+    /// The key that signs checkpoints, as a C2SP signed-note signer key
+    /// (`PRIVATE+KEY+<origin>+<key id>+<base64>`; `audit-tool keygen <origin>` makes
+    /// one). When unset a random one is made: its checkpoints cannot be verified
+    /// after a restart.
+    #[arg(
+        long = "signing-key",
+        env = "PMCORE_AUDIT_LOG_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub signing_key: Option<SecretString>,
+
+    /// Origin line of the checkpoints when the key is generated.
+    #[arg(
+        long = "origin",
+        env = "PMCORE_AUDIT_LOG_ORIGIN",
+        default_value = "pmcore.local/audit-log"
+    )]
+    pub origin: String,
+
+    /// Seconds between checkpoints (one is signed only when the log grew).
+    #[arg(
+        long = "checkpoint-interval-s",
+        env = "PMCORE_AUDIT_LOG_CHECKPOINT_INTERVAL_S",
+        default_value_t = 60
+    )]
+    pub checkpoint_interval_s: u64,
+
+    /// The api's token key (HS256): the audit API accepts the api's tokens.
+    #[arg(
+        long = "jwt-secret",
+        env = "PMCORE_AUTH_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<SecretString>,
+
     #[command(flatten)]
     pub database: DbConfig,
 
@@ -45,11 +90,33 @@ pub struct Config {
 pub struct App {
     config: Config,
     platform: Platform,
+    state: AuditState,
 }
 
 impl App {
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
+    }
+
+    pub fn verifier_key(&self) -> &str {
+        self.state.signer.verifier_key()
+    }
+
+    fn router(&self) -> Router {
+        let (router, api) = http::openapi::routes().split_for_parts();
+        let mut api = api;
+        api.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        router
+            .route(
+                "/openapi.json",
+                get(move || async move { axum::Json(api) }),
+            )
+            .fallback(|| async { ApiError::NotFound("route") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::BadRequest("this method is not allowed on this path".into())
+            })
+            .layer(DefaultBodyLimit::max(pmcore_web::BODY_LIMIT_BYTES))
+            .with_state(self.state.clone())
     }
 }
 
@@ -69,8 +136,38 @@ impl Service for App {
     }
 
     async fn build(config: Config) -> anyhow::Result<Self> {
+        let signer = match &config.signing_key {
+            Some(key) => CheckpointSigner::from_key(key.expose_secret())?,
+            None => {
+                tracing::warn!(
+                    "PMCORE_AUDIT_LOG_SIGNING_KEY is not set: checkpoints are signed with a random key"
+                );
+                CheckpointSigner::generate(&config.origin)?.1
+            }
+        };
+        tracing::info!(verifier_key = signer.verifier_key(), "checkpoint key");
+        let jwt = match &config.jwt_secret {
+            Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "PMCORE_AUTH_JWT_SECRET is not set: no token verifies, every request is refused"
+                );
+                rand::random::<[u8; 32]>().to_vec()
+            }
+        };
         let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
-        Ok(Self { config, platform })
+        let state = AuditState {
+            pool: platform.pool.clone(),
+            // Verification only: the lifetime is the issuer's business.
+            tokens: Arc::new(Tokens::new(&jwt, Duration::from_secs(3600))),
+            limits: Arc::new(Limits::new(200, 400)),
+            signer: Arc::new(signer),
+        };
+        Ok(Self {
+            config,
+            platform,
+            state,
+        })
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -79,20 +176,34 @@ impl Service for App {
             topics: catalog::domain_topics().map(|t| t.name).collect(),
             inbox: Inbox::Audit,
         };
-        let consume = consumer::run(
-            self.platform.kafka.clone(),
+        let pool = self.platform.pool.clone();
+        let kafka = self.platform.kafka.clone();
+        let consume_cancel = cancel.clone();
+        let consume = async move {
+            // Entries recorded before the log existed get their leaves first.
+            match store::backfill(&pool, 5000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "older entries added to the log"),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "backfilling the log"),
+            }
+            consumer::run_batched(kafka, pool, spec, Arc::new(Recorder), BATCH, consume_cancel)
+                .await;
+        };
+        let checkpoints = http::checkpoints::run(
             self.platform.pool.clone(),
-            spec,
-            Arc::new(Recorder),
+            self.state.signer.clone(),
+            Duration::from_secs(self.config.checkpoint_interval_s.max(1)),
             cancel.clone(),
         );
         let readiness = self.platform.readiness();
+        let router = self.router();
         supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
                 task(consume),
-                self.platform.serve(Router::new(), readiness, cancel),
+                task(checkpoints),
+                self.platform.serve(router, readiness, cancel),
             ],
         )
         .await

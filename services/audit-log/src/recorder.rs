@@ -2,29 +2,43 @@ use async_trait::async_trait;
 use pmcore_kafka::consumer::{Handler, HandlerError, Incoming};
 use sqlx::PgConnection;
 
-/// Appends one audit entry per domain event.
+use crate::store::{self, NewEntry};
+
+/// Appends one log entry per domain event, with its leaf and tree hashes, in the
+/// consumer's transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorder;
+
+fn entry(record: &Incoming) -> NewEntry {
+    let e = &record.envelope;
+    NewEntry {
+        event_id: e.id,
+        event_type: e.ce_type.clone(),
+        source: e.source.clone(),
+        subject: e.subject.clone(),
+        principal: e.principal.clone(),
+        occurred_at: e.time,
+        topic: record.topic.clone(),
+        payload: record.payload.to_json(),
+    }
+}
 
 #[async_trait]
 impl Handler for Recorder {
     async fn handle(&self, conn: &mut PgConnection, record: &Incoming) -> Result<(), HandlerError> {
-        let e = &record.envelope;
-        sqlx::query(
-            "insert into audit.entry
-                 (event_id, event_type, source, subject, principal, occurred_at, topic, payload)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(e.id)
-        .bind(&e.ce_type)
-        .bind(&e.source)
-        .bind(&e.subject)
-        .bind(&e.principal)
-        .bind(e.time)
-        .bind(&record.topic)
-        .bind(record.payload.to_json())
-        .execute(conn)
-        .await?;
-        Ok(())
+        store::append(conn, &[entry(record)])
+            .await
+            .map_err(HandlerError::classify_any)
+    }
+
+    async fn handle_many(
+        &self,
+        conn: &mut PgConnection,
+        records: &[&Incoming],
+    ) -> Result<(), HandlerError> {
+        let entries: Vec<NewEntry> = records.iter().map(|r| entry(r)).collect();
+        store::append(conn, &entries)
+            .await
+            .map_err(HandlerError::classify_any)
     }
 }

@@ -4,3 +4,4 @@
 pub mod leaf;
 pub mod note;
 pub mod tree;
+pub mod verify;

@@ -1,0 +1,73 @@
+//! The audit API (port 3003): entries, checkpoints, proofs and verification, with
+//! the api's conventions (its tokens and roles, problem+json, an OpenAPI document
+//! generated from these handlers).
+
+pub mod checkpoints;
+pub mod entries;
+pub mod openapi;
+pub mod proofs;
+pub mod verify;
+
+use std::sync::Arc;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use pmcore_web::{
+    auth::{Principal, Role},
+    error::ApiError,
+    limits::Limits,
+    tokens::Tokens,
+};
+use sqlx::PgPool;
+
+use crate::log::note::CheckpointSigner;
+
+/// Who may read the trail.
+pub const READERS: [Role; 2] = [Role::Admin, Role::Auditor];
+
+/// What every handler may use. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditState {
+    pub pool: PgPool,
+    pub tokens: Arc<Tokens>,
+    pub limits: Arc<Limits>,
+    pub signer: Arc<CheckpointSigner>,
+}
+
+impl FromRequestParts<AuditState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AuditState,
+    ) -> Result<Self, Self::Rejection> {
+        let verified = pmcore_web::auth::bearer(parts).and_then(|t| state.tokens.verify(t));
+        let principal = match verified {
+            Ok(p) => p,
+            Err(refusal) => {
+                state
+                    .limits
+                    .check(&format!("anonymous:{}", pmcore_web::auth::peer(parts)))?;
+                return Err(refusal);
+            }
+        };
+        // A client disabled at the api is refused here too.
+        if let Some(id) = principal
+            .subject
+            .strip_prefix("client:")
+            .and_then(|s| s.parse::<uuid::Uuid>().ok())
+        {
+            let disabled: Option<bool> = sqlx::query_scalar(
+                "select disabled_at is not null from pm.api_client where id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?;
+            if disabled == Some(true) {
+                return Err(ApiError::Unauthenticated("this client is disabled".into()));
+            }
+        }
+        state.limits.check(&principal.subject)?;
+        principal.require(&READERS)?;
+        Ok(principal)
+    }
+}
