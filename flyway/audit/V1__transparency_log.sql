@@ -42,3 +42,7 @@ create table audit.checkpoint (
 
 -- Append-only, like the entries: the service's role may add, never change or remove.
 grant select, insert on audit.leaf, audit.tree_hash, audit.checkpoint to pmcore_audit_log;
+
+-- The audit API checks that a token's client is not disabled (pm.api_client's
+-- columns granted in flyway/pm/V7); that needs the schema, nothing else in it.
+grant usage on schema pm to pmcore_audit_log;

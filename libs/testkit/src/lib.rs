@@ -92,7 +92,10 @@ impl TestDb {
         let config = DbConfig::from_url(&url);
         pmcore_db::migrate::run_sets(
             &config,
-            &[pmcore_db::migrate::Set::Platform, pmcore_db::migrate::Set::Audit],
+            &[
+                pmcore_db::migrate::Set::Platform,
+                pmcore_db::migrate::Set::Audit,
+            ],
         )
         .await?;
         ensure_logins(&url).await?;

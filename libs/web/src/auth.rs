@@ -102,12 +102,8 @@ pub struct Principal {
 }
 
 /// Roles only the utility's own staff may hold, whatever kind of token carries them.
-pub const UTILITY_ROLES: [Role; 4] = [
-    Role::Admin,
-    Role::ProgramManager,
-    Role::Operator,
-    Role::Auditor,
-];
+/// An auditor may belong to any organization: what it reads is scoped to its own.
+pub const UTILITY_ROLES: [Role; 3] = [Role::Admin, Role::ProgramManager, Role::Operator];
 
 impl Principal {
     pub fn has_any(&self, roles: &[Role]) -> bool {

@@ -128,12 +128,15 @@ pub async fn list(
 ) -> ApiResult<Json<Page<OrganizationOut>>> {
     principal.require(&[Role::Admin, Role::Auditor])?;
     let page = params.parse()?;
+    // A participant's auditor sees its own organization only.
     let rows: Vec<OrganizationRow> = sqlx::query_as(
         "select id, name, kind, created_at from pm.organization
-          where ($1::uuid is null or id > $1) order by id limit $2",
+          where ($1::uuid is null or id > $1) and ($3::uuid is null or id = $3)
+          order by id limit $2",
     )
     .bind(page.after)
     .bind(page.fetch())
+    .bind(principal.scope())
     .fetch_all(&state.pool)
     .await?;
     let items = rows

@@ -86,6 +86,22 @@ pub struct Config {
     pub kafka: KafkaConfig,
 }
 
+impl Config {
+    /// Defaults for everything but where to listen and what to connect to.
+    pub fn new(listen: SocketAddr, database: DbConfig, kafka: KafkaConfig) -> Self {
+        Self {
+            listen,
+            group: CONSUMER_GROUP.to_owned(),
+            signing_key: None,
+            origin: "pmcore.local/audit-log".to_owned(),
+            checkpoint_interval_s: 60,
+            jwt_secret: None,
+            database,
+            kafka,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct App {
     config: Config,
@@ -107,10 +123,7 @@ impl App {
         let mut api = api;
         api.info.version = env!("CARGO_PKG_VERSION").to_owned();
         router
-            .route(
-                "/openapi.json",
-                get(move || async move { axum::Json(api) }),
-            )
+            .route("/openapi.json", get(move || async move { axum::Json(api) }))
             .fallback(|| async { ApiError::NotFound("route") })
             .method_not_allowed_fallback(|| async {
                 ApiError::BadRequest("this method is not allowed on this path".into())
@@ -123,8 +136,10 @@ impl App {
 impl Service for App {
     const NAME: &'static str = "audit-log";
     const ABOUT: &'static str = "pmcore audit-log: the append-only trail of every domain event";
-    const MIGRATIONS: &'static [pmcore_db::migrate::Set] =
-        &[pmcore_db::migrate::Set::Platform, pmcore_db::migrate::Set::Audit];
+    const MIGRATIONS: &'static [pmcore_db::migrate::Set] = &[
+        pmcore_db::migrate::Set::Platform,
+        pmcore_db::migrate::Set::Audit,
+    ];
     type Config = Config;
 
     fn database(config: &Config) -> &DbConfig {

@@ -109,7 +109,11 @@ pub async fn append(conn: &mut PgConnection, entries: &[NewEntry]) -> anyhow::Re
 
 /// Gives positions from `n` to already stored entries `(seq, leaf hash)` and writes
 /// their leaves and the tree hashes they complete.
-async fn write_leaves(conn: &mut PgConnection, n: u64, leaves: &[(i64, Hash)]) -> anyhow::Result<()> {
+async fn write_leaves(
+    conn: &mut PgConnection,
+    n: u64,
+    leaves: &[(i64, Hash)],
+) -> anyhow::Result<()> {
     let count = leaves.len() as u64;
     let mut known = hashes(conn, &tree::append_reads(n, count)).await?;
     let hashes_only: Vec<Hash> = leaves.iter().map(|(_, h)| *h).collect();
@@ -171,11 +175,12 @@ pub async fn hashes(conn: &mut PgConnection, wanted: &BTreeSet<u64>) -> sqlx::Re
         return Ok(Hashes::new());
     }
     let ids: Vec<i64> = wanted.iter().map(|i| *i as i64).collect();
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("select stored_index, hash from audit.tree_hash where stored_index = any($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "select stored_index, hash from audit.tree_hash where stored_index = any($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(rows
         .into_iter()
         .filter_map(|(i, h)| Some((i as u64, Hash(h.try_into().ok()?))))

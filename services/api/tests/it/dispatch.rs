@@ -7,16 +7,16 @@ use crate::{
     helpers::{Caller, TestApi, problem, program_in, spawn_app},
 };
 
-struct Scene {
-    api: TestApi,
-    manager: String,
-    aggregator: Caller,
-    program: String,
-    der: String,
+pub(crate) struct Scene {
+    pub(crate) api: TestApi,
+    pub(crate) manager: String,
+    pub(crate) aggregator: Caller,
+    pub(crate) program: String,
+    pub(crate) der: String,
 }
 
 /// An active program (`limits` overridable) with one actively enrolled DER.
-async fn scene(max_events: i32) -> Scene {
+pub(crate) async fn scene(max_events: i32) -> Scene {
     let api = spawn_app().await;
     let manager = api.program_manager().await;
     let aggregator = api.caller("aggregator", &["aggregator"]).await;
@@ -97,7 +97,7 @@ async fn scene(max_events: i32) -> Scene {
     }
 }
 
-fn event(s: &Scene, starts_in_min: i64, minutes: i64) -> Value {
+pub(crate) fn event(s: &Scene, starts_in_min: i64, minutes: i64) -> Value {
     let starts = Utc::now() + Duration::minutes(starts_in_min);
     json!({
         "program_id": s.program,
@@ -109,7 +109,7 @@ fn event(s: &Scene, starts_in_min: i64, minutes: i64) -> Value {
     })
 }
 
-async fn schedule(s: &Scene, body: &Value) -> reqwest::Response {
+pub(crate) async fn schedule(s: &Scene, body: &Value) -> reqwest::Response {
     s.api
         .post("/v1/dispatch-events", &s.manager, body)
         .send()

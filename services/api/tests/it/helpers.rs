@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub(crate) const ADMIN_SECRET: &str = "bootstrap-admin-secret-for-tests";
-const JWT_SECRET: &str = "test-signing-key-test-signing-key-0123";
+pub(crate) const JWT_SECRET: &str = "test-signing-key-test-signing-key-0123";
 
 /// The worker against the same database and topics, for flows that need it.
 pub(crate) async fn spawn_worker(api: &TestApi) -> Running {

@@ -1,6 +1,7 @@
 //! The REST API against the real stack: every endpoint's success path and each
 //! failure it handles.
 
+mod audit;
 mod auth;
 mod ders;
 mod dispatch;

@@ -46,7 +46,10 @@ fn finish(mut c: CheckpointOut) -> CheckpointOut {
 }
 
 /// Signs a checkpoint of the log as it is, unless one of this size exists.
-pub async fn sign_if_grown(pool: &PgPool, signer: &CheckpointSigner) -> anyhow::Result<Option<i64>> {
+pub async fn sign_if_grown(
+    pool: &PgPool,
+    signer: &CheckpointSigner,
+) -> anyhow::Result<Option<i64>> {
     let mut conn = pool.acquire().await?;
     let size = store::size(&mut conn).await?;
     let latest: Option<i64> = sqlx::query_scalar("select max(tree_size) from audit.checkpoint")
@@ -74,7 +77,12 @@ pub async fn sign_if_grown(pool: &PgPool, signer: &CheckpointSigner) -> anyhow::
 }
 
 /// Signs a checkpoint every `interval` when the log grew, until cancelled.
-pub async fn run(pool: PgPool, signer: std::sync::Arc<CheckpointSigner>, interval: Duration, cancel: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    signer: std::sync::Arc<CheckpointSigner>,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
     loop {
         match sign_if_grown(&pool, &signer).await {
             Ok(Some(size)) => tracing::info!(size, "checkpoint signed"),
@@ -107,7 +115,10 @@ async fn latest(pool: &PgPool) -> ApiResult<CheckpointOut> {
         (status = 404, description = "Nothing was logged yet", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn get(State(state): State<AuditState>, _principal: Principal) -> ApiResult<Json<CheckpointOut>> {
+pub async fn get(
+    State(state): State<AuditState>,
+    _principal: Principal,
+) -> ApiResult<Json<CheckpointOut>> {
     Ok(Json(latest(&state.pool).await?))
 }
 
@@ -122,7 +133,10 @@ pub async fn get(State(state): State<AuditState>, _principal: Principal) -> ApiR
         (status = 404, description = "Nothing was logged yet", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn sign_now(State(state): State<AuditState>, _principal: Principal) -> ApiResult<Json<CheckpointOut>> {
+pub async fn sign_now(
+    State(state): State<AuditState>,
+    _principal: Principal,
+) -> ApiResult<Json<CheckpointOut>> {
     sign_if_grown(&state.pool, &state.signer)
         .await
         .map_err(ApiError::Internal)?;
@@ -144,7 +158,10 @@ pub struct CheckpointList {
         (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(State(state): State<AuditState>, _principal: Principal) -> ApiResult<Json<CheckpointList>> {
+pub async fn list(
+    State(state): State<AuditState>,
+    _principal: Principal,
+) -> ApiResult<Json<CheckpointList>> {
     let rows: Vec<CheckpointOut> = sqlx::query_as(&format!(
         "select {COLUMNS} from audit.checkpoint order by tree_size desc limit 1000"
     ))

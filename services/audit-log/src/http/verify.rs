@@ -56,7 +56,10 @@ const CHUNK: i64 = 5000;
         (status = 403, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn verify(State(state): State<AuditState>, principal: Principal) -> ApiResult<Json<VerifyOut>> {
+pub async fn verify(
+    State(state): State<AuditState>,
+    principal: Principal,
+) -> ApiResult<Json<VerifyOut>> {
     if principal.scope().is_some() {
         return Err(ApiError::Forbidden(
             "verifying the whole log is for the utility's auditors".into(),

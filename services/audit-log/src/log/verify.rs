@@ -37,6 +37,9 @@ pub struct Verifier {
     entries: u64,
     checkpoints: u64,
     first_bad: Option<u64>,
+    /// The lowest mismatching stored subtree: (level, its first position). A leaf
+    /// level problem names the position better; this only counts without one.
+    subtree_bad: Option<(u8, u64)>,
     problems: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl Verifier {
             entries: 0,
             checkpoints: 0,
             first_bad: None,
+            subtree_bad: None,
             problems: Vec::new(),
         }
     }
@@ -72,7 +76,9 @@ impl Verifier {
         if index != expected {
             self.bad(
                 Some(expected),
-                format!("position {expected} is missing: the next leaf is at {index} (deleted or moved)"),
+                format!(
+                    "position {expected} is missing: the next leaf is at {index} (deleted or moved)"
+                ),
             );
             self.broken_at = Some(expected);
             return;
@@ -80,11 +86,7 @@ impl Verifier {
         let hash = match entry {
             Some(e) => {
                 self.entries += 1;
-                let rebuilt = Entry {
-                    index,
-                    ..e.clone()
-                }
-                .leaf_hash();
+                let rebuilt = Entry { index, ..e.clone() }.leaf_hash();
                 if e.index != index {
                     self.bad(
                         Some(index),
@@ -100,7 +102,10 @@ impl Verifier {
                 rebuilt
             }
             None => {
-                self.bad(Some(index), format!("the entry at position {index} is gone (deleted)"));
+                self.bad(
+                    Some(index),
+                    format!("the entry at position {index} is gone (deleted)"),
+                );
                 match recorded {
                     Some(r) => r,
                     None => {
@@ -118,7 +123,10 @@ impl Verifier {
     /// An entry the source holds but the log never committed to.
     pub fn unlogged(&mut self, what: String) {
         let at = self.tree.size;
-        self.bad(Some(at), format!("{what} is not in the log (inserted outside it)"));
+        self.bad(
+            Some(at),
+            format!("{what} is not in the log (inserted outside it)"),
+        );
     }
 
     /// A stored tree hash, to compare with the rebuilt one.
@@ -128,9 +136,16 @@ impl Verifier {
         {
             let (level, n) = tlog_tiles::split_stored_hash_index(stored_index);
             let first = n << level;
+            self.subtree_bad = Some(
+                self.subtree_bad
+                    .map_or((level, first), |b| b.min((level, first))),
+            );
             self.bad(
-                Some(first),
-                format!("the stored hash of leaves {first}..{} does not match them", (n + 1) << level),
+                None,
+                format!(
+                    "the stored hash of leaves {first}..{} does not match them",
+                    (n + 1) << level
+                ),
             );
         }
     }
@@ -153,7 +168,10 @@ impl Verifier {
         if head.size > size {
             self.bad(
                 Some(size),
-                format!("checkpoint {} was signed, but the log has {size} leaves (cut short)", head.size),
+                format!(
+                    "checkpoint {} was signed, but the log has {size} leaves (cut short)",
+                    head.size
+                ),
             );
             return;
         }
@@ -164,7 +182,10 @@ impl Verifier {
             Ok(root) if root == head.root => {}
             _ => self.bad(
                 None,
-                format!("the entries do not rebuild the root signed in checkpoint {}", head.size),
+                format!(
+                    "the entries do not rebuild the root signed in checkpoint {}",
+                    head.size
+                ),
             ),
         }
     }
@@ -175,7 +196,7 @@ impl Verifier {
             tree_size: self.tree.size,
             entries_checked: self.entries,
             checkpoints_checked: self.checkpoints,
-            first_bad_index: self.first_bad,
+            first_bad_index: self.first_bad.or(self.subtree_bad.map(|(_, first)| first)),
             problems: self.problems,
         }
     }
@@ -219,12 +240,21 @@ mod tests {
         }
         let notes = [5, n]
             .iter()
-            .map(|s| signer.sign(*s, tree.root_at(*s).expect("root")).expect("sign"))
+            .map(|s| {
+                signer
+                    .sign(*s, tree.root_at(*s).expect("root"))
+                    .expect("sign")
+            })
             .collect();
         (signer, es, notes)
     }
 
-    fn check(signer: &CheckpointSigner, es: &[Entry], recorded: &[Hash], notes: &[String]) -> Report {
+    fn check(
+        signer: &CheckpointSigner,
+        es: &[Entry],
+        recorded: &[Hash],
+        notes: &[String],
+    ) -> Report {
         let mut v = Verifier::new(signer.verifier_key());
         for (i, e) in es.iter().enumerate() {
             v.leaf(e.index, recorded.get(i).copied(), Some(e));
@@ -258,7 +288,10 @@ mod tests {
         let mut both = recorded.clone();
         both[7] = edited[7].leaf_hash();
         let r = check(&signer, &edited, &both, &notes);
-        assert!(!r.ok && r.problems.iter().any(|p| p.contains("checkpoint 12")), "{r:?}");
+        assert!(
+            !r.ok && r.problems.iter().any(|p| p.contains("checkpoint 12")),
+            "{r:?}"
+        );
 
         let mut swapped = es.clone();
         swapped.swap(3, 4);
@@ -285,6 +318,23 @@ mod tests {
         v.unlogged("entry seq 99".into());
         let r = v.finish();
         assert_eq!(r.first_bad_index, Some(12), "{r:?}");
+
+        // Only an interior stored hash altered: the smallest such subtree is named.
+        let mut tree = Memory::default();
+        for e in &es {
+            tree.push(e.leaf_hash()).expect("push");
+        }
+        let mut v = Verifier::new(signer.verifier_key());
+        for (e, h) in es.iter().zip(&recorded) {
+            v.leaf(e.index, Some(*h), Some(e));
+        }
+        for (index, hash) in &tree.hashes {
+            let (level, n) = tlog_tiles::split_stored_hash_index(*index);
+            let forged = (level == 1 && n == 3) || (level == 3 && n == 0);
+            v.stored_hash(*index, if forged { Hash([9; 32]) } else { *hash });
+        }
+        let r = v.finish();
+        assert_eq!(r.first_bad_index, Some(6), "leaves 6..8 at level 1: {r:?}");
     }
 
     #[test]
@@ -297,7 +347,10 @@ mod tests {
         assert!(!r.ok && r.problems[0].contains("refused"), "{r:?}");
         let forged = signer.sign(12, Hash([7; 32])).expect("sign");
         let r = check(&signer, &es, &recorded, &[forged]);
-        assert!(!r.ok && r.problems[0].contains("do not rebuild the root"), "{r:?}");
+        assert!(
+            !r.ok && r.problems[0].contains("do not rebuild the root"),
+            "{r:?}"
+        );
         let _ = notes;
     }
 }

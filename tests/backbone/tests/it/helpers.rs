@@ -25,10 +25,8 @@ fn any_port() -> SocketAddr {
 /// The audit-log service with its own consumer group, running.
 pub(crate) async fn audit_log(db: &TestDb, kafka: &KafkaConfig) -> Running {
     let config = pmcore_audit_log::Config {
-        listen: any_port(),
         group: format!("audit-{}", Uuid::now_v7().simple()),
-        database: db.config_for("audit_log"),
-        kafka: kafka.clone(),
+        ..pmcore_audit_log::Config::new(any_port(), db.config_for("audit_log"), kafka.clone())
     };
     let app = pmcore_audit_log::App::build(config)
         .await

@@ -11,10 +11,12 @@ async fn a_service_started_before_postgres_and_the_broker_becomes_ready_when_the
     let mut postgres = LatePostgres::new();
     let mut broker = PrivateBroker::new();
     let config = pmcore_audit_log::Config {
-        listen: ([127, 0, 0, 1], 0).into(),
         group: "late".into(),
-        database: DbConfig::from_url(&postgres.url(&db.name)),
-        kafka: KafkaConfig::new(&broker.brokers(), ""),
+        ..pmcore_audit_log::Config::new(
+            ([127, 0, 0, 1], 0).into(),
+            DbConfig::from_url(&postgres.url(&db.name)),
+            KafkaConfig::new(&broker.brokers(), ""),
+        )
     };
     let app = pmcore_audit_log::App::build(config)
         .await
