@@ -83,6 +83,11 @@ gen-asyncapi-spec format="html":
     scripts/install-tools.sh node
     node tools/node/asyncapi.mjs {{format}}
 
+# Write the audit API's OpenAPI document (generated from the code) to services/audit-log/openapi.json.
+gen-audit-spec:
+    cargo run --quiet --bin audit-tool -- openapi > services/audit-log/openapi.json
+    @echo "wrote services/audit-log/openapi.json"
+
 # Write the api's OpenAPI document (generated from the code) to services/api/openapi.json or .yaml.
 gen-api-spec format="json":
     cargo run --quiet --bin api-openapi -- {{format}} > services/api/openapi.{{format}}

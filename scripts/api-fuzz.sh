@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Property-based run of the api's OpenAPI document against the running api
-# (schemathesis, fixed seed, bounded examples per operation): no 5xx, and every
-# response must match the document. Uses its own database and topic prefix.
+# Property-based runs of the api's and the audit log's OpenAPI documents against
+# the running services (schemathesis, fixed seed, bounded examples per operation):
+# no 5xx, and every response must match the document. Uses its own database and
+# topic prefix; the audit log accepts the api's tokens (same key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -18,18 +19,21 @@ if ! PYTHONPATH="$lib" python3 -c "import schemathesis, sys; sys.exit(schemathes
 fi
 
 db="pmcore_fuzz_$RANDOM$RANDOM"
+prefix="fuzz$RANDOM$RANDOM."
+export PMCORE_AUTH_JWT_SECRET="${PMCORE_AUTH_JWT_SECRET:-fuzz-$RANDOM$RANDOM-signing-key-for-this-run-only}"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 admin_url="${PMCORE_DATABASE_URL%/*}/postgres"
 psql -q "$admin_url" -c "create database $db"
 log="$PMCORE_STACK_DIR/api-fuzz.log"
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
-  PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_KAFKA_TOPIC_PREFIX="fuzz$RANDOM." \
+  PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" \
   PMCORE_API_RATE_LIMIT_PER_SECOND=100000 PMCORE_API_RATE_LIMIT_BURST=100000 PMCORE_LOG=warn \
   target/debug/api >"$log" 2>&1 &
 api=$!
+audit=""
 cleanup() {
-  kill "$api" 2>/dev/null || true
-  wait "$api" 2>/dev/null || true
+  kill "$api" $audit 2>/dev/null || true
+  wait "$api" $audit 2>/dev/null || true
   psql -q "$admin_url" -c "drop database if exists $db with (force)" || true
 }
 trap cleanup EXIT
@@ -52,5 +56,24 @@ say "schemathesis: seed 1, $EXAMPLES examples per operation, every check"
 PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$port/openapi.json" \
   --experimental=openapi-3.1 -H "Authorization: Bearer $token" \
   --checks all --exclude-checks ignored_auth \
+  --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
+  --hypothesis-suppress-health-check all --no-color
+
+audit_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
+  PMCORE_AUDIT_LOG_LISTEN="127.0.0.1:$audit_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
+  target/debug/audit-log >"$PMCORE_STACK_DIR/audit-fuzz.log" 2>&1 &
+audit=$!
+for _ in $(seq 1 300); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$audit_port/readyz" 2>/dev/null && break
+  sleep 0.2
+done
+# The api's run left a trail on the shared topics: let the audit log read it.
+sleep 5
+curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $token" "http://127.0.0.1:$audit_port/v1/audit/checkpoint" || true
+say "schemathesis against the audit log: seed 1, $EXAMPLES examples per operation"
+PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$audit_port/openapi.json" \
+  --experimental=openapi-3.1 -H "Authorization: Bearer $token" \
+  --checks all \
   --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
   --hypothesis-suppress-health-check all --no-color

@@ -26,6 +26,8 @@ export PMCORE_STACK_DIR="${PMCORE_STACK_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}"
 # Development credentials: the api signs tokens with this key and creates this admin
 # client on a fresh database. Never use these values outside a development machine.
 export PMCORE_AUTH_JWT_SECRET="${PMCORE_AUTH_JWT_SECRET:-pmcore-development-signing-key-0123456789}"
+# The audit log's development checkpoint key (`audit-tool keygen <origin>` makes one).
+export PMCORE_AUDIT_LOG_SIGNING_KEY="${PMCORE_AUDIT_LOG_SIGNING_KEY:-PRIVATE+KEY+pmcore.local/audit-log+61ddea17+AUdXc7+poU9fFV0CwDGAZYk3xu9vIB/J6dkVEhy8g5mF}"
 export PMCORE_BOOTSTRAP_ORGANIZATION="${PMCORE_BOOTSTRAP_ORGANIZATION:-Northwind Electric}"
 export PMCORE_BOOTSTRAP_CLIENT_ID="${PMCORE_BOOTSTRAP_CLIENT_ID:-01900000-0000-7000-8000-000000000001}"
 export PMCORE_BOOTSTRAP_CLIENT_SECRET="${PMCORE_BOOTSTRAP_CLIENT_SECRET:-pmcore-dev-admin-secret}"

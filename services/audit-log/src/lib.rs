@@ -2,6 +2,7 @@
 //! when to a transparency log (RFC 6962 Merkle tree, signed C2SP checkpoints), and
 //! serves it: entries, checkpoints, proofs and verification (port 3003).
 
+pub mod export;
 pub mod http;
 pub mod log;
 mod recorder;
@@ -84,6 +85,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub kafka: KafkaConfig,
+
+    /// The reports bucket, where exports go.
+    #[command(flatten)]
+    pub s3: pmcore_storage::S3Config,
 }
 
 impl Config {
@@ -98,6 +103,7 @@ impl Config {
             jwt_secret: None,
             database,
             kafka,
+            s3: pmcore_storage::S3Config::default(),
         }
     }
 }
@@ -177,6 +183,11 @@ impl Service for App {
             tokens: Arc::new(Tokens::new(&jwt, Duration::from_secs(3600))),
             limits: Arc::new(Limits::new(200, 400)),
             signer: Arc::new(signer),
+            storage: http::Storage {
+                client: pmcore_storage::client(&config.s3),
+                links: pmcore_storage::link_client(&config.s3),
+                bucket: config.s3.reports_bucket.clone(),
+            },
         };
         Ok(Self {
             config,

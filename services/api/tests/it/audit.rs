@@ -363,6 +363,30 @@ async fn the_log_verifies_proves_and_names_the_first_entry_anyone_tampered_with(
     )
     .expect("consistency proof checks");
 
+    // An export an auditor can check offline with only the verifier key.
+    let export = reqwest::Client::new()
+        .post(format!("http://{}/v1/audit/exports", audit.addr))
+        .bearer_auth(&auditor)
+        .json(&json!({"from": 1}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(export.status(), StatusCode::OK);
+    let export: Value = export.json().await.expect("json");
+    assert_eq!(export["entries"].as_i64(), Some(size - 1), "{export}");
+    let file = reqwest::get(export["url"].as_str().expect("url"))
+        .await
+        .expect("download")
+        .text()
+        .await
+        .expect("text");
+    let vkey = key["verifier_key"].as_str().expect("key");
+    let report = pmcore_audit_log::log::bundle::check(&file, vkey);
+    assert!(report.ok, "{report:?}");
+    let edited = file.replacen("heat wave ended", "heat wave endeD", 1);
+    assert_ne!(edited, file, "the cancellation's reason is in the export");
+    let report = pmcore_audit_log::log::bundle::check(&edited, vkey);
+    assert!(!report.ok && report.first_bad_index.is_some(), "{report:?}");
     let (ok, first, body) = verify(&audit, &auditor).await;
     assert!(ok && first.is_none(), "an untouched log verifies: {body}");
 

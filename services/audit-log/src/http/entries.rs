@@ -41,6 +41,7 @@ pub struct EntryFilter {
     since: Option<DateTime<Utc>>,
     /// Occurred before.
     until: Option<DateTime<Utc>>,
+    #[param(inline)]
     order: Option<Order>,
     /// 1 to 500 (default 50).
     limit: Option<u32>,

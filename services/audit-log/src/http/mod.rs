@@ -4,6 +4,7 @@
 
 pub mod checkpoints;
 pub mod entries;
+pub mod exports;
 pub mod openapi;
 pub mod proofs;
 pub mod verify;
@@ -31,6 +32,16 @@ pub struct AuditState {
     pub tokens: Arc<Tokens>,
     pub limits: Arc<Limits>,
     pub signer: Arc<CheckpointSigner>,
+    pub storage: Storage,
+}
+
+/// Where exports go: the reports bucket.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub client: pmcore_storage::Client,
+    /// Signs links at the endpoint clients use.
+    pub links: pmcore_storage::Client,
+    pub bucket: String,
 }
 
 impl FromRequestParts<AuditState> for Principal {

@@ -6,7 +6,7 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AuditState, checkpoints, entries, proofs, verify};
+use super::{AuditState, checkpoints, entries, exports, proofs, verify};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,6 +55,7 @@ pub fn routes() -> OpenApiRouter<AuditState> {
         .routes(routes!(checkpoints::list))
         .routes(routes!(checkpoints::key))
         .routes(routes!(verify::verify))
+        .routes(routes!(exports::create))
 }
 
 /// The document as committed in `services/audit-log/openapi.json`.
