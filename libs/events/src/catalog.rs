@@ -97,6 +97,12 @@ pub static API_CLIENT_DISABLED: EventType = event_type!(
     "api-client-disabled.avsc"
 );
 
+pub static LOGINS_REFUSED: EventType = event_type!(
+    "pmcore.auth.logins-refused.v1",
+    ORGANIZATIONS,
+    "logins-refused.avsc"
+);
+
 pub static PROGRAM_CREATED: EventType = event_type!(
     "pmcore.program.created.v1",
     PROGRAMS,
@@ -242,6 +248,7 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &ORGANIZATION_CREATED,
     &API_CLIENT_CREATED,
     &API_CLIENT_DISABLED,
+    &LOGINS_REFUSED,
     &PROGRAM_CREATED,
     &PROGRAM_UPDATED,
     &PROGRAM_STATUS_CHANGED,

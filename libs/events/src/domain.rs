@@ -616,3 +616,28 @@ impl DomainEvent for FileRejected {
         self.file_id.clone()
     }
 }
+
+/// `pmcore.auth.logins-refused.v1`: token requests refused over a window, counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginsRefused {
+    pub window_start: i64,
+    pub window_end: i64,
+    pub total: i64,
+    pub clients: Vec<RefusedClient>,
+}
+
+/// Refusals of one client id for one reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedClient {
+    pub client_id: Option<String>,
+    pub reason: String,
+    pub count: i64,
+}
+
+impl DomainEvent for LoginsRefused {
+    const TYPE: &'static EventType = &catalog::LOGINS_REFUSED;
+
+    fn subject(&self) -> String {
+        "api-logins".to_owned()
+    }
+}

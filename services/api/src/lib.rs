@@ -107,6 +107,15 @@ pub struct Config {
     )]
     pub bootstrap_secret_file: std::path::PathBuf,
 
+    /// Seconds between the summaries of refused token requests (one event each, only
+    /// when some were refused).
+    #[arg(
+        long = "refused-logins-interval-s",
+        env = "PMCORE_API_REFUSED_LOGINS_INTERVAL_S",
+        default_value_t = 60
+    )]
+    pub refused_logins_interval_s: u64,
+
     #[command(flatten)]
     pub oidc: auth::oidc::OidcConfig,
 
@@ -134,6 +143,7 @@ impl Config {
             bootstrap_client_id: None,
             bootstrap_client_secret: None,
             bootstrap_secret_file: "pmcore-bootstrap-admin.json".into(),
+            refused_logins_interval_s: 60,
             oidc: auth::oidc::OidcConfig::disabled(),
             database,
             kafka,
@@ -215,6 +225,7 @@ impl Service for App {
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
             oidc: auth::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
             disabled: Arc::new(state::DisabledClients::default()),
+            refusals: Arc::default(),
             reports: state::Reports {
                 client: pmcore_storage::link_client(&config.s3),
                 bucket: config.s3.reports_bucket.clone(),
@@ -234,6 +245,12 @@ impl Service for App {
         let bootstrap = bootstrap(self.state.clone(), self.config.clone(), cancel.clone());
         let housekeeping = housekeeping(self.state.limits.clone(), cancel.clone());
         let disabled = watch_disabled(self.state.clone(), cancel.clone());
+        let refusals = auth::refusals::run(
+            self.state.refusals.clone(),
+            self.state.pool.clone(),
+            Duration::from_secs(self.config.refused_logins_interval_s.max(1)),
+            cancel.clone(),
+        );
         supervise(
             cancel.clone(),
             vec![
@@ -242,6 +259,10 @@ impl Service for App {
                 Box::pin(bootstrap),
                 Box::pin(housekeeping),
                 Box::pin(disabled),
+                Box::pin(async move {
+                    refusals.await;
+                    Ok(())
+                }),
                 self.platform.serve(router, readiness, cancel),
             ],
         )

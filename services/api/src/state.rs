@@ -20,6 +20,8 @@ pub struct AppState {
     /// API clients that were disabled, refreshed from the database every few
     /// seconds so every instance refuses their unexpired tokens.
     pub disabled: Arc<DisabledClients>,
+    /// Token requests refused since the last summary event.
+    pub refusals: Arc<crate::auth::refusals::Refusals>,
 }
 
 #[derive(Debug, Default)]

@@ -119,7 +119,10 @@ pub async fn token(
     // Validate before limiting, so made-up ids cannot grow the limiter's table; a
     // source address gets one budget for all its attempts, a client id another.
     state.limits.check(&format!("token-from:{}", peer.ip()))?;
-    let client_id = Uuid::parse_str(&client_id).map_err(|_| invalid_client())?;
+    let client_id = Uuid::parse_str(&client_id).map_err(|_| {
+        state.refusals.record(None, "unknown_client");
+        invalid_client()
+    })?;
     state.limits.check(&format!("token:{client_id}"))?;
     let row = sqlx::query(
         "select c.secret_hash, c.roles, c.disabled_at is not null as disabled, o.id as org, o.kind
@@ -129,7 +132,10 @@ pub async fn token(
     .bind(client_id)
     .fetch_optional(&state.pool)
     .await?
-    .ok_or_else(invalid_client)?;
+    .ok_or_else(|| {
+        state.refusals.record(Some(client_id), "unknown_client");
+        invalid_client()
+    })?;
     let stored: String = row.try_get("secret_hash").map_err(anyhow::Error::from)?;
     let disabled: bool = row.try_get("disabled").map_err(anyhow::Error::from)?;
     // argon2 is deliberately slow; keep it off the async workers.
@@ -137,6 +143,8 @@ pub async fn token(
         .await
         .map_err(anyhow::Error::from)?;
     if !ok || disabled {
+        let reason = if ok { "disabled" } else { "wrong_secret" };
+        state.refusals.record(Some(client_id), reason);
         return Err(invalid_client());
     }
     let roles: Vec<String> = row.try_get("roles").map_err(anyhow::Error::from)?;

@@ -4,6 +4,7 @@
 mod bootstrap;
 pub mod endpoint;
 pub mod oidc;
+pub mod refusals;
 pub mod secrets;
 
 use axum::{extract::FromRequestParts, http::request::Parts};

@@ -254,3 +254,71 @@ async fn a_disabled_client_is_refused_at_once_and_every_change_is_published() {
         ]
     );
 }
+
+#[tokio::test]
+async fn refused_token_requests_reach_the_trail_as_one_counted_summary() {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+    };
+
+    let api = crate::helpers::spawn_with(|c| c.refused_logins_interval_s = 1).await;
+    let caller = api.caller("aggregator", &["aggregator"]).await;
+    let client: uuid::Uuid =
+        sqlx::query_scalar("select id from pm.api_client where organization_id = $1")
+            .bind(caller.organization_id)
+            .fetch_one(&api.db.pool)
+            .await
+            .expect("client");
+    for _ in 0..3 {
+        assert!(api.token(client, "not-its-secret").await.is_none());
+    }
+    let stranger = uuid::Uuid::now_v7();
+    assert!(api.token(stranger, "whatever").await.is_none());
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &api.kafka.brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&api.kafka.topic("pm.organizations.v1")])
+        .expect("subscribe");
+    let mut seen: Vec<pmcore_events::domain::RefusedClient> = Vec::new();
+    let count =
+        |seen: &[pmcore_events::domain::RefusedClient], id: &uuid::Uuid, reason: &str| -> i64 {
+            seen.iter()
+                .filter(|c| c.client_id == Some(id.to_string()) && c.reason == reason)
+                .map(|c| c.count)
+                .sum()
+        };
+    // Refusals come in summaries, one per window; others (the test's own start-up,
+    // polling for the bootstrap admin) may share them.
+    while count(&seen, &client, "wrong_secret") < 3 || count(&seen, &stranger, "unknown_client") < 1
+    {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("a summary arrives")
+            .expect("message");
+        if m.key() != Some(b"api-logins".as_slice()) {
+            continue;
+        }
+        let decoded =
+            pmcore_events::avro::decode(m.payload().expect("payload"), None).expect("decodes");
+        let summary: pmcore_events::domain::LoginsRefused =
+            decoded.into_typed().expect("a logins-refused summary");
+        assert_eq!(
+            summary.total,
+            summary.clients.iter().map(|c| c.count).sum::<i64>()
+        );
+        assert!(summary.window_start <= summary.window_end);
+        seen.extend(summary.clients);
+    }
+    assert_eq!(
+        count(&seen, &client, "wrong_secret"),
+        3,
+        "one count per refusal"
+    );
+    assert_eq!(count(&seen, &stranger, "unknown_client"), 1);
+}
