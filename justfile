@@ -120,7 +120,7 @@ coverage:
 # ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
 
 # Every benchmark.
-bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import
+bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import bench-audit
 
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
@@ -141,6 +141,10 @@ bench-settlement:
 # A 100k- and a 1M-row meter-data file from the inbound bucket into Postgres, against COPY.
 bench-import:
     scripts/bench-import.sh
+
+# 1M domain events from the topics into the audit log; size per entry; proof latency.
+bench-audit:
+    source scripts/env.sh && cargo run --release --quiet -p pmcore-audit-log --example bench
 
 # ---- run ---------------------------------------------------------------------------
 

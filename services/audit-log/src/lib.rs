@@ -80,6 +80,22 @@ pub struct Config {
     )]
     pub jwt_secret: Option<SecretString>,
 
+    /// Sustained requests per second allowed to one client.
+    #[arg(
+        long = "rate-limit-per-second",
+        env = "PMCORE_AUDIT_LOG_RATE_LIMIT_PER_SECOND",
+        default_value_t = 200
+    )]
+    pub rate_per_second: u32,
+
+    /// Requests one client may burst above its sustained rate.
+    #[arg(
+        long = "rate-limit-burst",
+        env = "PMCORE_AUDIT_LOG_RATE_LIMIT_BURST",
+        default_value_t = 400
+    )]
+    pub rate_burst: u32,
+
     #[command(flatten)]
     pub database: DbConfig,
 
@@ -101,6 +117,8 @@ impl Config {
             origin: "pmcore.local/audit-log".to_owned(),
             checkpoint_interval_s: 60,
             jwt_secret: None,
+            rate_per_second: 200,
+            rate_burst: 400,
             database,
             kafka,
             s3: pmcore_storage::S3Config::default(),
@@ -181,7 +199,7 @@ impl Service for App {
             pool: platform.pool.clone(),
             // Verification only: the lifetime is the issuer's business.
             tokens: Arc::new(Tokens::new(&jwt, Duration::from_secs(3600))),
-            limits: Arc::new(Limits::new(200, 400)),
+            limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
             signer: Arc::new(signer),
             storage: http::Storage {
                 client: pmcore_storage::client(&config.s3),
