@@ -17,6 +17,12 @@ if ! PYTHONPATH="$lib" python3 -c "import schemathesis, sys; sys.exit(schemathes
   python3 -m pip install --quiet --disable-pip-version-check --target "$lib" \
     "schemathesis==$SCHEMATHESIS" "hypothesis==$HYPOTHESIS"
 fi
+# The independent audit verifier's Ed25519 (tools/audit/verify_export.py).
+CRYPTOGRAPHY=48.0.0
+if ! PYTHONPATH="$lib" python3 -c "import cryptography, sys; sys.exit(cryptography.__version__ != '$CRYPTOGRAPHY')" 2>/dev/null; then
+  say "installing cryptography $CRYPTOGRAPHY (PyPI) into $lib"
+  python3 -m pip install --quiet --disable-pip-version-check --target "$lib" "cryptography==$CRYPTOGRAPHY"
+fi
 
 db="pmcore_fuzz_$RANDOM$RANDOM"
 prefix="fuzz$RANDOM$RANDOM."
@@ -77,3 +83,29 @@ PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$audit_port/
   --checks all \
   --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
   --hypothesis-suppress-health-check all --no-color
+
+say "the audit trail of that run, exported and checked by an independent verifier"
+export_json=""
+for _ in $(seq 1 60); do
+  export_json=$(curl -fsS -X POST -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+    -d '{}' "http://127.0.0.1:$audit_port/v1/audit/exports" 2>/dev/null) && break
+  sleep 0.5
+done
+[ -n "$export_json" ] || { say "the audit log exported nothing; see $PMCORE_STACK_DIR/audit-fuzz.log"; exit 1; }
+file="$PMCORE_STACK_DIR/audit-export.jsonl"
+curl -fsS -o "$file" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["url"])' "$export_json")"
+vkey=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$audit_port/v1/audit/checkpoint/key" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["verifier_key"])')
+PYTHONPATH="$lib" python3 tools/audit/verify_export.py "$file" "$vkey"
+# And it must notice a change: one character of the last entry's subject.
+python3 - "$file" <<'PY'
+import json, sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+last = json.loads(lines[-1])
+last["entry"]["subject"] += "x"
+lines[-1] = json.dumps(last)
+open(sys.argv[1] + ".tampered", "w", encoding="utf-8").write("\n".join(lines) + "\n")
+PY
+if PYTHONPATH="$lib" python3 tools/audit/verify_export.py "$file.tampered" "$vkey"; then
+  say "the independent verifier accepted a tampered export"; exit 1
+fi
