@@ -23,13 +23,15 @@ pub async fn interval_means(
     ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     mut on_row: impl FnMut(Uuid, DateTime<Utc>, f64),
 ) -> sqlx::Result<()> {
-    let (Some(first), Some(last)) = (
-        ranges.iter().map(|r| r.0).min(),
-        ranges.iter().map(|r| r.1).max(),
-    ) else {
+    let Some(Span {
+        first,
+        last,
+        starts,
+        ends,
+    }) = Span::of(ranges)
+    else {
         return Ok(());
     };
-    let (starts, ends): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = ranges.iter().copied().unzip();
     let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
         "select der_id, date_bin(make_interval(secs => $6), ts, timestamptz '1970-01-01 00:00:00+00'),
                 avg(power_kw)
@@ -62,13 +64,15 @@ pub async fn meter_interval_means(
     ranges: &[(DateTime<Utc>, DateTime<Utc>)],
     mut on_row: impl FnMut(Uuid, DateTime<Utc>, f64),
 ) -> sqlx::Result<()> {
-    let (Some(first), Some(last)) = (
-        ranges.iter().map(|r| r.0).min(),
-        ranges.iter().map(|r| r.1).max(),
-    ) else {
+    let Some(Span {
+        first,
+        last,
+        starts,
+        ends,
+    }) = Span::of(ranges)
+    else {
         return Ok(());
     };
-    let (starts, ends): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = ranges.iter().copied().unzip();
     let mut rows = sqlx::query_as::<_, (Uuid, DateTime<Utc>, f64)>(
         "select m.der_id, date_bin(make_interval(secs => $6), b, timestamptz '1970-01-01 00:00:00+00'),
                 avg(m.energy_kwh * 60.0 / m.interval_minutes)
@@ -92,6 +96,29 @@ pub async fn meter_interval_means(
         on_row(der, bucket, kw);
     }
     Ok(())
+}
+
+/// What the interval queries bind for a set of ranges: the span they cover (for
+/// partition pruning) and the ranges themselves (a multirange in SQL).
+struct Span {
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+    starts: Vec<DateTime<Utc>>,
+    ends: Vec<DateTime<Utc>>,
+}
+
+impl Span {
+    fn of(ranges: &[(DateTime<Utc>, DateTime<Utc>)]) -> Option<Span> {
+        let first = ranges.iter().map(|r| r.0).min()?;
+        let last = ranges.iter().map(|r| r.1).max()?;
+        let (starts, ends) = ranges.iter().copied().unzip();
+        Some(Span {
+            first,
+            last,
+            starts,
+            ends,
+        })
+    }
 }
 
 /// Every started event (other than `except`) of each of `ders` that overlaps

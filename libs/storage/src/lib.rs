@@ -111,15 +111,12 @@ pub async fn presigned_get(
         .get_object()
         .bucket(bucket)
         .key(key)
-        .presigned(config)
+        .presigned(config);
+    Ok(request
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "presigning {key}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
-            )
-        })?;
-    Ok(request.uri().to_owned())
+        .map_err(|e| presign_error(key, e))?
+        .uri()
+        .to_owned())
 }
 
 /// A short-lived PUT link to `key` (signing only). Content type and checksums are
@@ -135,15 +132,22 @@ pub async fn presigned_put(
         .put_object()
         .bucket(bucket)
         .key(key)
-        .presigned(config)
+        .presigned(config);
+    Ok(request
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "presigning {key}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
-            )
-        })?;
-    Ok(request.uri().to_owned())
+        .map_err(|e| presign_error(key, e))?
+        .uri()
+        .to_owned())
+}
+
+fn presign_error<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
+    key: &str,
+    error: aws_sdk_s3::error::SdkError<E, R>,
+) -> anyhow::Error {
+    anyhow::anyhow!(
+        "presigning {key}: {}",
+        aws_sdk_s3::error::DisplayErrorContext(error)
+    )
 }
 
 fn client_at(config: &S3Config, endpoint: &str) -> Client {

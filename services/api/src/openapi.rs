@@ -1,9 +1,7 @@
 //! The OpenAPI document, generated from the handlers so it cannot drift from them.
 
-use utoipa::{
-    Modify, OpenApi,
-    openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme},
-};
+use pmcore_web::openapi::BearerAuth;
+use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
@@ -35,21 +33,6 @@ use crate::{
     )
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.bearer_format = Some("JWT".to_owned());
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
 
 /// Every documented route.
 pub fn routes() -> OpenApiRouter<AppState> {

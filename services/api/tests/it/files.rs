@@ -324,13 +324,8 @@ async fn an_uploaded_der_file_registers_then_updates_ders_and_an_enrollments_fil
     // Visible through the REST API, and announced on the topics by the uploader.
     let listed: Value = s
         .api
-        .get("/v1/ders?limit=100", &aggregator.token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/ders?limit=100", &aggregator.token)
+        .await;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(50));
     let events = published(&s.api.kafka, "pm.files.v1", &id, 2).await;
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
@@ -577,23 +572,13 @@ async fn each_object_version_is_noticed_once_by_two_watchers_and_after_restarts(
     // The refused objects are the utility's to see, not a participant's.
     let seen: Value = s
         .api
-        .get("/v1/files?status=rejected", &aggregator.token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/files?status=rejected", &aggregator.token)
+        .await;
     assert_eq!(seen["items"], json!([]));
     let seen: Value = s
         .api
-        .get("/v1/files?status=rejected", &s.api.admin)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/files?status=rejected", &s.api.admin)
+        .await;
     assert_eq!(seen["items"].as_array().map(Vec::len), Some(2));
     let files: i64 = sqlx::query_scalar("select count(*) from pm.file")
         .fetch_one(&s.api.db.pool)
@@ -782,24 +767,11 @@ async fn uploads_are_checked_and_files_are_private_to_their_organization() {
         .await
         .expect("request");
     problem(response, StatusCode::NOT_FOUND).await;
-    let listed: Value = s
-        .api
-        .get("/v1/files", &other.token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    let listed: Value = s.api.get_json("/v1/files", &other.token).await;
     assert_eq!(listed["items"], json!([]));
     let listed: Value = s
         .api
-        .get("/v1/files?kind=ders", &aggregator.token)
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/files?kind=ders", &aggregator.token)
+        .await;
     assert_eq!(listed["items"][0]["id"], id.as_str());
 }

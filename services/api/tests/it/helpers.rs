@@ -111,6 +111,17 @@ impl TestApi {
         self.http.get(self.url(path)).bearer_auth(token)
     }
 
+    /// `GET path` as `token`, the body as JSON.
+    pub(crate) async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
     pub(crate) fn post(&self, path: &str, token: &str, body: &Value) -> RequestBuilder {
         self.http.post(self.url(path)).bearer_auth(token).json(body)
     }

@@ -1,9 +1,7 @@
 //! The audit API's OpenAPI document, generated from the handlers.
 
-use utoipa::{
-    Modify, OpenApi,
-    openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme},
-};
+use pmcore_web::openapi::BearerAuth;
+use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{AuditState, checkpoints, entries, exports, proofs, verify};
@@ -29,21 +27,6 @@ use super::{AuditState, checkpoints, entries, exports, proofs, verify};
     )
 )]
 struct AuditDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.bearer_format = Some("JWT".to_owned());
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
-    }
-}
 
 pub fn routes() -> OpenApiRouter<AuditState> {
     OpenApiRouter::with_openapi(AuditDoc::openapi())
