@@ -88,6 +88,11 @@ gen-audit-spec:
     cargo run --quiet --bin audit-tool -- openapi > services/audit-log/openapi.json
     @echo "wrote services/audit-log/openapi.json"
 
+# Write the messaging API's OpenAPI document (generated from the code).
+gen-messaging-spec:
+    cargo run --quiet --bin messaging-tool -- openapi > services/messaging/openapi.json
+    @echo "wrote services/messaging/openapi.json"
+
 # Write the api's OpenAPI document (generated from the code) to services/api/openapi.json or .yaml.
 gen-api-spec format="json":
     cargo run --quiet --bin api-openapi -- {{format}} > services/api/openapi.{{format}}

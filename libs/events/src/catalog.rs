@@ -213,6 +213,12 @@ pub static FILE_IMPORTED: EventType =
 pub static FILE_REJECTED: EventType =
     event_type!("pmcore.file.rejected.v1", FILES, "file-rejected.avsc");
 
+pub static MESSAGING_REQUESTED: EventType = event_type!(
+    "pmcore.messaging.requested.v1",
+    MESSAGING_REQUESTS,
+    "messaging-requested.avsc"
+);
+
 pub static GATEWAY_CONNECTED: EventType = event_type!(
     "pmcore.gateway.connected.v1",
     GATEWAYS,
@@ -270,6 +276,7 @@ pub static EVENT_TYPES: &[&EventType] = &[
     &FILE_RECEIVED,
     &FILE_IMPORTED,
     &FILE_REJECTED,
+    &MESSAGING_REQUESTED,
     &GATEWAY_CONNECTED,
     &GATEWAY_DISCONNECTED,
     &TELEMETRY_BATCH,

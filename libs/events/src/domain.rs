@@ -595,6 +595,24 @@ impl DomainEvent for FileImported {
     }
 }
 
+/// `pmcore.messaging.requested.v1`: notify one organization of something.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagingRequested {
+    pub organization_id: String,
+    pub kind: String,
+    pub subject: String,
+    pub data_json: String,
+    pub requested_at: i64,
+}
+
+impl DomainEvent for MessagingRequested {
+    const TYPE: &'static EventType = &catalog::MESSAGING_REQUESTED;
+
+    fn subject(&self) -> String {
+        self.organization_id.clone()
+    }
+}
+
 /// `pmcore.file.rejected.v1`: the file changed nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileRejected {

@@ -175,3 +175,39 @@ pub fn peer(parts: &Parts) -> String {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
 }
+
+/// Authenticates a request to a service that verifies the api's tokens but does not
+/// issue them (the audit log, messaging): a valid token of a client that is not
+/// disabled, within its rate limit. Refusals are limited per source address, so
+/// guessing tokens is throttled like any other client.
+pub async fn verify_request(
+    parts: &Parts,
+    tokens: &crate::tokens::Tokens,
+    limits: &crate::limits::Limits,
+    pool: &sqlx::PgPool,
+) -> Result<Principal, ApiError> {
+    let principal = match bearer(parts).and_then(|t| tokens.verify(t)) {
+        Ok(p) => p,
+        Err(refusal) => {
+            limits.check(&format!("anonymous:{}", peer(parts)))?;
+            return Err(refusal);
+        }
+    };
+    // A client disabled at the api is refused here too.
+    if let Some(id) = principal
+        .subject
+        .strip_prefix("client:")
+        .and_then(|s| s.parse::<Uuid>().ok())
+    {
+        let disabled: Option<bool> =
+            sqlx::query_scalar("select disabled_at is not null from pm.api_client where id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+        if disabled == Some(true) {
+            return Err(ApiError::Unauthenticated("this client is disabled".into()));
+        }
+    }
+    limits.check(&principal.subject)?;
+    Ok(principal)
+}

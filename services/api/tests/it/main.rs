@@ -10,6 +10,7 @@ mod errors;
 mod files;
 mod gateways;
 mod helpers;
+mod messaging;
 mod oidc;
 mod openapi;
 mod organizations;

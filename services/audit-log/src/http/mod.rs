@@ -51,33 +51,9 @@ impl FromRequestParts<AuditState> for Principal {
         parts: &mut Parts,
         state: &AuditState,
     ) -> Result<Self, Self::Rejection> {
-        let verified = pmcore_web::auth::bearer(parts).and_then(|t| state.tokens.verify(t));
-        let principal = match verified {
-            Ok(p) => p,
-            Err(refusal) => {
-                state
-                    .limits
-                    .check(&format!("anonymous:{}", pmcore_web::auth::peer(parts)))?;
-                return Err(refusal);
-            }
-        };
-        // A client disabled at the api is refused here too.
-        if let Some(id) = principal
-            .subject
-            .strip_prefix("client:")
-            .and_then(|s| s.parse::<uuid::Uuid>().ok())
-        {
-            let disabled: Option<bool> = sqlx::query_scalar(
-                "select disabled_at is not null from pm.api_client where id = $1",
-            )
-            .bind(id)
-            .fetch_optional(&state.pool)
-            .await?;
-            if disabled == Some(true) {
-                return Err(ApiError::Unauthenticated("this client is disabled".into()));
-            }
-        }
-        state.limits.check(&principal.subject)?;
+        let principal =
+            pmcore_web::auth::verify_request(parts, &state.tokens, &state.limits, &state.pool)
+                .await?;
         principal.require(&READERS)?;
         Ok(principal)
     }

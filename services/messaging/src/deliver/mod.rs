@@ -1,0 +1,643 @@
+//! The senders: lease due deliveries, send each on its own task, record the attempt.
+//!
+//! Leases (`leased_until`) are taken in a short transaction with `SKIP LOCKED` and a
+//! re-checked condition, so any number of instances share the queue and none sends a
+//! row another holds. A lease outlives the longest attempt; an instance that dies
+//! mid-send leaves rows that another takes up when their lease runs out. At most
+//! [`Senders::per_target`] attempts to one endpoint or contact are in flight, so a
+//! receiver that hangs holds a few slots, never the whole pool.
+
+pub mod email;
+pub mod webhook;
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lettre::message::Mailbox;
+use pmcore_runtime::clock::SharedClock;
+use serde_json::{Value, json};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    kinds, render, retry,
+    sealed::SecretsKey,
+    store::{self, NewMessage, Recipients},
+};
+
+/// How an attempt went.
+#[derive(Debug)]
+pub enum Outcome {
+    Delivered {
+        code: Option<i32>,
+        response: Option<String>,
+        latency: Duration,
+    },
+    /// `410 Gone`: the receiver wants no more; the endpoint is disabled.
+    Gone {
+        code: Option<i32>,
+        response: Option<String>,
+        latency: Duration,
+    },
+    Failed {
+        code: Option<i32>,
+        response: Option<String>,
+        error: String,
+        retry_after: Option<chrono::Duration>,
+        latency: Duration,
+    },
+}
+
+impl Outcome {
+    fn failed(
+        code: Option<i32>,
+        response: Option<String>,
+        error: String,
+        started: Instant,
+    ) -> Self {
+        Outcome::Failed {
+            code,
+            response,
+            error,
+            retry_after: None,
+            latency: started.elapsed(),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Gone { .. } => "gone",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// An endpoint's configured rate and the limiter enforcing it.
+type EndpointLimit = (i32, Arc<DefaultDirectRateLimiter>);
+
+/// Everything the senders need. Cheap to clone.
+#[derive(Clone)]
+pub struct Senders {
+    pub pool: PgPool,
+    pub clock: SharedClock,
+    pub secrets: Arc<SecretsKey>,
+    pub http: reqwest::Client,
+    pub mailer: Option<email::Mailer>,
+    pub from: Mailbox,
+    pub allow_private: bool,
+    /// Attempts in flight in this instance.
+    pub max_in_flight: usize,
+    /// Attempts in flight to one endpoint or contact.
+    pub per_target: i64,
+    /// How long a lease lasts: longer than the longest attempt.
+    pub lease: Duration,
+    /// How often to look for due retries when nothing wakes the senders.
+    pub poll: Duration,
+    /// An endpoint failing every attempt for this long is disabled.
+    pub disable_after: chrono::Duration,
+    limiters: Arc<Mutex<HashMap<Uuid, EndpointLimit>>>,
+}
+
+impl std::fmt::Debug for Senders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Senders")
+            .field("max_in_flight", &self.max_in_flight)
+            .field("per_target", &self.per_target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leased delivery with what it takes to send it.
+#[derive(Debug, sqlx::FromRow)]
+struct Due {
+    id: Uuid,
+    attempts: i32,
+    message_id: Uuid,
+    organization_id: Uuid,
+    kind: String,
+    data: Value,
+    created_at: DateTime<Utc>,
+    endpoint_id: Option<Uuid>,
+    url: Option<String>,
+    enabled: Option<bool>,
+    rate_limit_per_s: Option<i32>,
+    secret_sealed: Option<Vec<u8>>,
+    previous_sealed: Option<Vec<u8>>,
+    previous_expires_at: Option<DateTime<Utc>>,
+    contact_id: Option<Uuid>,
+    email: Option<String>,
+}
+
+impl Senders {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pool: PgPool,
+        clock: SharedClock,
+        secrets: Arc<SecretsKey>,
+        http: reqwest::Client,
+        mailer: Option<email::Mailer>,
+        from: Mailbox,
+        allow_private: bool,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            clock,
+            secrets,
+            http,
+            mailer,
+            from,
+            allow_private,
+            max_in_flight: 64,
+            per_target: 4,
+            lease,
+            poll: Duration::from_secs(1),
+            disable_after: chrono::Duration::days(5),
+            limiters: Arc::default(),
+        }
+    }
+
+    /// Runs until `cancel`, then lets the attempts in flight finish.
+    pub async fn run(self, cancel: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let mut listener = self.listen().await;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            let leased = if free == 0 {
+                Vec::new()
+            } else {
+                match self.lease(free).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "leasing deliveries");
+                        Vec::new()
+                    }
+                }
+            };
+            let idle = leased.is_empty();
+            for due in leased {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let senders = self.clone();
+                tasks.spawn(async move {
+                    senders.attempt(due).await;
+                    drop(permit);
+                });
+            }
+            if !idle {
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(self.poll) => {}
+                () = wake(&mut listener) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e, "no LISTEN connection; polling only"))
+            .ok()?;
+        listener.listen(store::WAKE_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// Leases up to `limit` due deliveries, at most `per_target` in flight per target.
+    async fn lease(&self, limit: usize) -> sqlx::Result<Vec<Due>> {
+        let now = self.clock.now();
+        let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "with busy as (
+                 select coalesce(endpoint_id, contact_id) as target, count(*) as n
+                   from messaging.delivery
+                  where status = 'pending' and leased_until >= $1
+                  group by 1
+             ), due as (
+                 select d.id, d.next_attempt_at,
+                        row_number() over (partition by coalesce(d.endpoint_id, d.contact_id)
+                                           order by d.next_attempt_at, d.id) as n,
+                        coalesce(d.endpoint_id, d.contact_id) as target
+                   from messaging.delivery d
+                  where d.status = 'pending' and d.next_attempt_at <= $1
+                    and (d.leased_until is null or d.leased_until < $1)
+             )
+             select due.id from due left join busy using (target)
+              where due.n + coalesce(busy.n, 0) <= $3
+              order by due.next_attempt_at
+              limit $2",
+        )
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(self.per_target)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Re-checked under the row lock: a row another instance leased meanwhile no
+        // longer matches and is skipped.
+        let leased: Vec<Uuid> = sqlx::query_scalar(
+            "update messaging.delivery set leased_until = $2
+              where id in (select id from messaging.delivery where id = any($1)
+                             and status = 'pending'
+                             and (leased_until is null or leased_until < $3)
+                           for update skip locked)
+              returning id",
+        )
+        .bind(&ids)
+        .bind(until)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = sqlx::query_as::<_, Due>(
+            "select d.id, d.attempts, m.id as message_id, m.organization_id, m.kind, m.data,
+                    m.created_at, d.endpoint_id, e.url, e.enabled, e.rate_limit_per_s,
+                    e.secret_sealed, e.previous_sealed, e.previous_expires_at,
+                    d.contact_id, c.email
+               from messaging.delivery d
+               join messaging.message m on m.id = d.message_id
+               left join messaging.endpoint e on e.id = d.endpoint_id
+               left join messaging.contact c on c.id = d.contact_id
+              where d.id = any($1)",
+        )
+        .bind(&leased)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    async fn attempt(&self, due: Due) {
+        let now = self.clock.now();
+        let outcome = if due.endpoint_id.is_some() {
+            if due.enabled != Some(true) {
+                return self
+                    .drop_delivery(due.id, "the endpoint was disabled or deleted")
+                    .await;
+            }
+            if let Some(wait) = self.over_rate(&due) {
+                return self.postpone(due.id, now + wait).await;
+            }
+            self.webhook(&due, now).await
+        } else if due.contact_id.is_some() && due.email.is_some() {
+            self.email(&due).await
+        } else {
+            return self.drop_delivery(due.id, "the contact was deleted").await;
+        };
+        let channel = if due.endpoint_id.is_some() {
+            "webhook"
+        } else {
+            "email"
+        };
+        metrics::counter!("pmcore_messaging_attempts_total", "channel" => channel, "outcome" => outcome.label())
+            .increment(1);
+        if let Outcome::Delivered { .. } = outcome {
+            let lag = (now - due.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("pmcore_messaging_delivery_lag_seconds", "channel" => channel)
+                .record(lag.as_secs_f64());
+        }
+        if let Err(error) = self.record(&due, &outcome, now).await {
+            // The lease runs out and the delivery is tried again: at least once.
+            tracing::warn!(delivery = %due.id, error = %error, "recording an attempt");
+        }
+    }
+
+    /// The webhook body: the Standard Webhooks shape.
+    fn body(due: &Due) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "type": due.kind,
+            "timestamp": due.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": due.data,
+        }))
+        .unwrap_or_default()
+    }
+
+    async fn webhook(&self, due: &Due, now: DateTime<Utc>) -> Outcome {
+        let started = Instant::now();
+        let mut sealed = vec![due.secret_sealed.as_deref()];
+        // A rotated secret signs too until its grace period ends.
+        if due.previous_expires_at.is_some_and(|at| at > now) {
+            sealed.push(due.previous_sealed.as_deref());
+        }
+        let mut keys = Vec::new();
+        for secret in sealed.into_iter().flatten() {
+            match self.secrets.open(secret) {
+                Ok(plain) => keys.push(
+                    crate::signature::key_bytes(&String::from_utf8_lossy(&plain))
+                        .unwrap_or_default(),
+                ),
+                Err(e) => return Outcome::failed(None, None, e.to_string(), started),
+            }
+        }
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let id = format!("msg_{}", due.message_id.simple());
+        let body = Self::body(due);
+        let request = webhook::Request {
+            url: due.url.as_deref().unwrap_or_default(),
+            id: &id,
+            body: &body,
+            keys: &key_refs,
+        };
+        webhook::send(&self.http, &request, now, self.allow_private).await
+    }
+
+    async fn email(&self, due: &Due) -> Outcome {
+        let started = Instant::now();
+        let Some(mailer) = &self.mailer else {
+            return Outcome::failed(None, None, "no SMTP server configured".into(), started);
+        };
+        let mail = match self.rendered(due).await {
+            Ok(m) => m,
+            Err(e) => return Outcome::failed(None, None, e, started),
+        };
+        let id = format!("msg_{}.{}", due.message_id.simple(), due.id.simple());
+        email::send(
+            mailer,
+            &self.from,
+            due.email.as_deref().unwrap_or_default(),
+            &mail,
+            &id,
+        )
+        .await
+    }
+
+    async fn rendered(&self, due: &Due) -> Result<render::Rendered, String> {
+        let custom: Option<(String, String)> = sqlx::query_as(
+            "select subject, body from messaging.template where organization_id = $1 and kind = $2",
+        )
+        .bind(due.organization_id)
+        .bind(&due.kind)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let (subject, body) = match &custom {
+            Some((s, b)) => (s.as_str(), b.as_str()),
+            None => {
+                let kind = kinds::find(&due.kind).ok_or("unknown kind")?;
+                (kind.subject, kind.body)
+            }
+        };
+        let mut context = due.data.clone();
+        if let Some(map) = context.as_object_mut() {
+            map.insert("kind".into(), json!(due.kind));
+            map.insert("organization_id".into(), json!(due.organization_id));
+        }
+        render::render(subject, body, &context)
+    }
+
+    /// `Some(wait)` when the endpoint's own rate limit says not yet.
+    fn over_rate(&self, due: &Due) -> Option<chrono::Duration> {
+        let (endpoint, rate) = (due.endpoint_id?, due.rate_limit_per_s?);
+        let per_second = NonZeroU32::new(u32::try_from(rate).ok()?)?;
+        let limiter = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = limiters.entry(endpoint).or_insert_with(|| {
+                (
+                    rate,
+                    Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+                )
+            });
+            if entry.0 != rate {
+                *entry = (
+                    rate,
+                    Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+                );
+            }
+            entry.1.clone()
+        };
+        limiter
+            .check()
+            .err()
+            .map(|_| chrono::Duration::milliseconds(1000 / i64::from(per_second.get()) + 1))
+    }
+
+    async fn postpone(&self, id: Uuid, at: DateTime<Utc>) {
+        let result = sqlx::query(
+            "update messaging.delivery set next_attempt_at = $2, leased_until = null where id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(delivery = %id, error = %e, "postponing a delivery");
+        }
+    }
+
+    async fn drop_delivery(&self, id: Uuid, reason: &str) {
+        let result = sqlx::query(
+            "update messaging.delivery set status = 'dropped', last_error = $2, leased_until = null
+              where id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(delivery = %id, error = %e, "dropping a delivery");
+        }
+    }
+
+    async fn record(&self, due: &Due, outcome: &Outcome, now: DateTime<Utc>) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let (code, response, error, latency) = match outcome {
+            Outcome::Delivered {
+                code,
+                response,
+                latency,
+            }
+            | Outcome::Gone {
+                code,
+                response,
+                latency,
+            } => (*code, response.clone(), None, *latency),
+            Outcome::Failed {
+                code,
+                response,
+                error,
+                latency,
+                ..
+            } => (*code, response.clone(), Some(error.clone()), *latency),
+        };
+        let error = error.or_else(|| {
+            matches!(outcome, Outcome::Gone { .. }).then(|| "answered 410 Gone".to_owned())
+        });
+        sqlx::query(
+            "insert into messaging.attempt (delivery_id, started_at, status_code, latency_ms, response, error)
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(due.id)
+        .bind(now)
+        .bind(code)
+        .bind(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX))
+        .bind(response)
+        .bind(&error)
+        .execute(&mut *tx)
+        .await?;
+        let attempts = due.attempts + 1;
+        match outcome {
+            Outcome::Delivered { .. } => {
+                sqlx::query(
+                    "update messaging.delivery set status = 'delivered', attempts = $2,
+                            delivered_at = $3, leased_until = null, last_error = null
+                      where id = $1",
+                )
+                .bind(due.id)
+                .bind(attempts)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(endpoint) = due.endpoint_id {
+                    sqlx::query(
+                        "update messaging.endpoint set failing_since = null
+                          where id = $1 and failing_since is not null",
+                    )
+                    .bind(endpoint)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            Outcome::Gone { .. } => {
+                finish_failed(&mut tx, due.id, attempts, error.as_deref()).await?;
+                if let Some(endpoint) = due.endpoint_id {
+                    disable(&mut tx, endpoint, "the receiver answered 410 Gone", now).await?;
+                }
+            }
+            Outcome::Failed { retry_after, .. } => {
+                let next = retry::after_failure(
+                    u32::try_from(attempts).unwrap_or(u32::MAX),
+                    now,
+                    *retry_after,
+                );
+                match next {
+                    retry::Next::RetryAt(at) => {
+                        sqlx::query(
+                            "update messaging.delivery set attempts = $2, next_attempt_at = $3,
+                                    leased_until = null, last_error = $4
+                              where id = $1",
+                        )
+                        .bind(due.id)
+                        .bind(attempts)
+                        .bind(at)
+                        .bind(&error)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    retry::Next::GiveUp => {
+                        finish_failed(&mut tx, due.id, attempts, error.as_deref()).await?;
+                    }
+                }
+                if let Some(endpoint) = due.endpoint_id {
+                    let since: Option<DateTime<Utc>> = sqlx::query_scalar(
+                        "update messaging.endpoint set failing_since = coalesce(failing_since, $2)
+                          where id = $1 returning failing_since",
+                    )
+                    .bind(endpoint)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+                    if retry::should_disable(since, now, self.disable_after) {
+                        let days = self.disable_after.num_days();
+                        let reason = format!("every attempt failed for {days} days");
+                        disable(&mut tx, endpoint, &reason, now).await?;
+                    }
+                }
+            }
+        }
+        tx.commit().await
+    }
+}
+
+async fn finish_failed(
+    conn: &mut PgConnection,
+    id: Uuid,
+    attempts: i32,
+    error: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update messaging.delivery set status = 'failed', attempts = $2, leased_until = null,
+                last_error = $3
+          where id = $1",
+    )
+    .bind(id)
+    .bind(attempts)
+    .bind(error)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Disables an endpoint, drops what was queued for it, and tells the organization's
+/// contacts (its webhooks may be what is broken).
+pub async fn disable(
+    conn: &mut PgConnection,
+    endpoint: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    let disabled: Option<(Uuid, String)> = sqlx::query_as(
+        "update messaging.endpoint set enabled = false, disabled_reason = $2, updated_at = $3
+          where id = $1 and enabled
+          returning organization_id, url",
+    )
+    .bind(endpoint)
+    .bind(reason)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((organization_id, url)) = disabled else {
+        return Ok(());
+    };
+    sqlx::query(
+        "update messaging.delivery set status = 'dropped', last_error = 'the endpoint was disabled',
+                leased_until = null
+          where endpoint_id = $1 and status = 'pending'",
+    )
+    .bind(endpoint)
+    .execute(&mut *conn)
+    .await?;
+    tracing::warn!(%endpoint, %url, reason, "webhook endpoint disabled");
+    metrics::counter!("pmcore_messaging_endpoints_disabled_total").increment(1);
+    let data = json!({"endpoint_id": endpoint, "url": url, "reason": reason});
+    // One notice per disabling: the id is fresh, the same disabling commits once.
+    let message = NewMessage {
+        organization_id,
+        kind: "endpoint.disabled",
+        source_event_id: Uuid::now_v7(),
+        subject: &endpoint.to_string(),
+        data: &data,
+    };
+    store::create_message(conn, &message, Recipients::Contacts, now)
+        .await
+        .map(|_| ())
+}
+
+async fn wake(listener: &mut Option<PgListener>) {
+    match listener {
+        Some(l) => {
+            if l.recv().await.is_err() {
+                // sqlx reconnects on the next recv; don't spin meanwhile.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
