@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Property-based runs of the api's and the audit log's OpenAPI documents against
+# Property-based runs of the api's, the audit log's and messaging's OpenAPI documents against
 # the running services (schemathesis, fixed seed, bounded examples per operation):
 # no 5xx, and every response must match the document. Uses its own database and
-# topic prefix; the audit log accepts the api's tokens (same key).
+# topic prefix; the audit log and messaging accept the api's tokens (same key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -37,9 +37,10 @@ PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true
   target/debug/api >"$log" 2>&1 &
 api=$!
 audit=""
+messaging=""
 cleanup() {
-  kill "$api" $audit 2>/dev/null || true
-  wait "$api" $audit 2>/dev/null || true
+  kill "$api" $audit $messaging 2>/dev/null || true
+  wait "$api" $audit $messaging 2>/dev/null || true
   psql -q "$admin_url" -c "drop database if exists $db with (force)" || true
 }
 trap cleanup EXIT
@@ -109,3 +110,22 @@ PY
 if PYTHONPATH="$lib" python3 tools/audit/verify_export.py "$file.tampered" "$vkey"; then
   say "the independent verifier accepted a tampered export"; exit 1
 fi
+
+messaging_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Webhooks the fuzzer's endpoints would get go nowhere private, and no SMTP server.
+PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
+  PMCORE_MESSAGING_LISTEN="127.0.0.1:$messaging_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
+  PMCORE_MESSAGING_ALLOW_PRIVATE_TARGETS=false \
+  PMCORE_MESSAGING_RATE_LIMIT_PER_SECOND=100000 PMCORE_MESSAGING_RATE_LIMIT_BURST=100000 \
+  env -u PMCORE_SMTP_URL target/debug/messaging >"$PMCORE_STACK_DIR/messaging-fuzz.log" 2>&1 &
+messaging=$!
+for _ in $(seq 1 300); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$messaging_port/readyz" 2>/dev/null && break
+  sleep 0.2
+done
+say "schemathesis against messaging: seed 1, $EXAMPLES examples per operation"
+PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$messaging_port/openapi.json" \
+  --experimental=openapi-3.1 -H "Authorization: Bearer $token" \
+  --checks all \
+  --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
+  --hypothesis-suppress-health-check all --no-color

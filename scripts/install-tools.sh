@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs and the machine lacks, pinned, only when missing:
 # just, tansu (Kafka-protocol broker), s3s-fs (S3 server), the PostgreSQL server,
-# and the AsyncAPI validator's npm packages. Safe to run again; it skips what is there.
+# the AsyncAPI validator's npm packages, and (`mail`) the dev stack's SMTP sink. Safe to run again; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,5 +58,14 @@ if [ "$want" = all ] || [ "$want" = node ]; then
   if [ ! -d tools/node/node_modules/@asyncapi/parser ] || [ tools/node/package-lock.json -nt tools/node/node_modules/.package-lock.json ]; then
     say "npm ci in tools/node/ (AsyncAPI parser, HTML renderer, Compose schema)"
     (cd tools/node && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+
+# Not in `all`: only stacks that send email need it.
+if [ "$want" = mail ]; then
+  if ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+  if [ ! -x tools/mail/node_modules/.bin/maildev ] || [ tools/mail/package-lock.json -nt tools/mail/node_modules/.package-lock.json ]; then
+    say "npm ci in tools/mail/ (MailDev, the SMTP sink with a web inbox)"
+    (cd tools/mail && npm ci --no-audit --no-fund --loglevel=error)
   fi
 fi

@@ -159,9 +159,14 @@ s3_up() {
     --access-key "$PMCORE_S3_ACCESS_KEY" --secret-key "$PMCORE_S3_SECRET_KEY" "$S/s3"
 }
 
+# MailDev keeps what the services send and shows it at http://127.0.0.1:$PMCORE_MAIL_UI_PORT,
+# as Mailpit does in docker-compose.yml.
 smtp_up() {
-  python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet 'aiosmtpd==1.4.6'
-  start_bg smtp-sink "$PMCORE_SMTP_PORT" python3 -m aiosmtpd -n -l "127.0.0.1:$PMCORE_SMTP_PORT"
+  scripts/install-tools.sh mail
+  start_bg smtp-sink "$PMCORE_SMTP_PORT" tools/mail/node_modules/.bin/maildev \
+    --ip 127.0.0.1 --smtp "$PMCORE_SMTP_PORT" --web-ip 127.0.0.1 --web "$PMCORE_MAIL_UI_PORT" \
+    --max-emails 1000
+  say "emails: http://127.0.0.1:$PMCORE_MAIL_UI_PORT"
 }
 
 # Services -------------------------------------------------------------------------

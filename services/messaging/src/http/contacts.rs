@@ -20,11 +20,13 @@ use super::{MANAGERS, MessagingState, check_kinds, check_len, validated};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactIn {
+    #[schema(example = "operations@example.com")]
     email: String,
     #[serde(default)]
     name: String,
     /// Notification kinds to email; empty or absent for every kind.
     #[serde(default)]
+    #[schema(example = json!(["settlement.calculated"]))]
     kinds: Vec<String>,
 }
 

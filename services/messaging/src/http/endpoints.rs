@@ -33,11 +33,13 @@ const DEFAULT_GRACE_MINUTES: i64 = 24 * 60;
 pub struct EndpointIn {
     /// Where to POST; https (or http), a public address unless the operator allows
     /// private ones.
+    #[schema(example = "https://hooks.example.com/pmcore")]
     url: String,
     #[serde(default)]
     description: String,
     /// Notification kinds to send; empty or absent for every kind.
     #[serde(default)]
+    #[schema(example = json!(["dispatch-event.scheduled", "settlement.calculated"]))]
     kinds: Vec<String>,
     /// Most deliveries per second to this endpoint (absent: no limit).
     rate_limit_per_s: Option<u32>,

@@ -18,7 +18,9 @@ use crate::{kinds, render};
 #[serde(deny_unknown_fields)]
 pub struct TemplateIn {
     /// A minijinja template; the notification's data are its variables.
+    #[schema(example = "Event at {{ starts_at }}: {{ program_name }}")]
     subject: String,
+    #[schema(example = "Please reduce load by {{ target_kw }} kW.")]
     body: String,
 }
 
@@ -80,7 +82,7 @@ pub async fn list(
 
 #[utoipa::path(
     put, path = "/v1/messaging/templates/{kind}", operation_id = "template.put", tag = "templates",
-    params(("kind" = String, Path, description = "Notification kind, e.g. `dispatch-event.scheduled`")),
+    params(("kind" = String, Path, description = "Notification kind, e.g. `dispatch-event.scheduled`", example = "dispatch-event.scheduled")),
     request_body = TemplateIn,
     responses(
         (status = 200, body = TemplateOut),
@@ -133,7 +135,7 @@ pub async fn put(
 
 #[utoipa::path(
     delete, path = "/v1/messaging/templates/{kind}", operation_id = "template.reset", tag = "templates",
-    params(("kind" = String, Path, description = "Notification kind")),
+    params(("kind" = String, Path, description = "Notification kind", example = "dispatch-event.scheduled")),
     responses(
         (status = 204, description = "The built-in wording applies again"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
