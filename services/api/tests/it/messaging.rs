@@ -911,3 +911,155 @@ async fn internal_addresses_are_refused_outside_dev_mode() {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Puts a request on `messaging.requests.v1` the way a service does: through its
+/// outbox, published by the api's relay.
+async fn request(api: &TestApi, organization: &str, kind: &str, data: Value) {
+    let mut conn = api.db.pool.acquire().await.expect("connection");
+    let event = pmcore_events::domain::MessagingRequested {
+        organization_id: organization.to_owned(),
+        kind: kind.to_owned(),
+        subject: "test".to_owned(),
+        data_json: data.to_string(),
+        requested_at: Utc::now().timestamp_micros(),
+    };
+    let meta = pmcore_kafka::outbox::EventMeta {
+        source: "test".into(),
+        principal: None,
+        traceparent: None,
+    };
+    pmcore_kafka::outbox::enqueue(&mut conn, &event, &meta)
+        .await
+        .expect("enqueued");
+}
+
+#[tokio::test]
+async fn requests_are_sent_and_a_poisoned_one_is_dead_lettered_without_blocking() {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+    };
+
+    let api = crate::helpers::spawn_app().await;
+    let caller = api.caller("aggregator", &["aggregator"]).await;
+    let clock = ManualClock::at(Utc::now());
+    let receiver = Receiver::start().await;
+    let group = group();
+    let service = messaging(&api, &clock, &group, |_| {}).await;
+    let (_, secret) = endpoint(
+        &service,
+        &caller.token,
+        json!({"url": receiver.url("requested", Behaviour::Ok), "kinds": ["settlement.calculated"]}),
+    )
+    .await;
+    let org = caller.organization_id.to_string();
+    request(&api, &org, "no.such.kind", json!({})).await;
+    request(
+        &api,
+        &org,
+        "settlement.calculated",
+        json!({"total_amount": "12.50", "currency": "USD"}),
+    )
+    .await;
+    let hook = eventually(Duration::from_secs(60), "the requested webhook", || {
+        let r = receiver.at("requested");
+        async move { r.first().cloned() }
+    })
+    .await;
+    verify(&secret, &hook);
+    let body: Value = serde_json::from_slice(&hook.body).expect("json");
+    assert_eq!(body["type"], "settlement.calculated");
+    assert_eq!(body["data"]["total_amount"], "12.50");
+
+    let dlq = pmcore_kafka::KafkaConfig::dead_letter_topic(
+        &api.kafka
+            .topic(pmcore_events::catalog::MESSAGING_REQUESTS.name),
+        &group,
+    );
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &api.kafka.brokers)
+        .set("group.id", format!("reader-{}", Uuid::now_v7().simple()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[dlq.as_str()]).expect("subscribe");
+    let error = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(m) = consumer.recv().await
+                && let Some(error) = m.headers().and_then(|hs| {
+                    rdkafka::message::Headers::iter(hs)
+                        .find(|h| h.key == "dlq_error")
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+            {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("a dead letter");
+    assert!(error.contains("unknown notification kind"), "{error}");
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_for_the_configured_period_is_disabled() {
+    let api = crate::helpers::spawn_app().await;
+    let caller = api.caller("aggregator", &["aggregator"]).await;
+    let clock = ManualClock::at(Utc::now());
+    let receiver = Receiver::start().await;
+    let service = messaging(&api, &clock, &group(), |c| c.disable_after_hours = 1).await;
+    let (down, _) = endpoint(
+        &service,
+        &caller.token,
+        json!({"url": receiver.url("down", Behaviour::FailTimes(1000))}),
+    )
+    .await;
+    let first = test_message(&service, &caller.token, &down).await;
+    eventually(Duration::from_secs(20), "a first failure", || {
+        let n = receiver.at("down").len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let endpoint_state = || {
+        let service = &service;
+        let down = &down;
+        let token = &caller.token;
+        async move {
+            call(
+                reqwest::Method::GET,
+                service,
+                &format!("/v1/messaging/endpoints/{down}"),
+                token,
+                None,
+            )
+            .await
+            .1
+        }
+    };
+    let state = endpoint_state().await;
+    assert_eq!(state["enabled"], true, "one failure disables nothing");
+    assert!(state["failing_since"].is_string(), "{state}");
+
+    // An hour of nothing but failures later, the next failure disables it.
+    clock.advance(chrono::Duration::minutes(61));
+    test_message(&service, &caller.token, &down).await;
+    let state = eventually(Duration::from_secs(20), "the endpoint disabled", || async {
+        let state = endpoint_state().await;
+        (state["enabled"] == false).then_some(state)
+    })
+    .await;
+    assert!(
+        state["disabled_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed")),
+        "{state}"
+    );
+    // What was still queued for it is dropped, not retried into the void.
+    let detail = delivery_status(&service, &caller.token, &first).await;
+    assert_eq!(detail["deliveries"][0]["status"], "dropped", "{detail}");
+    let attempts_before = receiver.at("down").len();
+    clock.advance(chrono::Duration::hours(40));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(receiver.at("down").len(), attempts_before);
+}
