@@ -125,7 +125,7 @@ coverage:
 # ---- benchmarks (docs/benchmarks.md records the numbers) -------------------------
 
 # Every benchmark.
-bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import bench-audit
+bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import bench-audit bench-messaging
 
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
@@ -150,6 +150,11 @@ bench-import:
 # 1M domain events from the topics into the audit log; size per entry; proof latency.
 bench-audit:
     source scripts/env.sh && cargo run --release --quiet -p pmcore-audit-log --example bench
+
+# Messaging: 100,000 webhook deliveries to 100 endpoints (10 down), then a steady rate.
+bench-messaging:
+    cargo build --release --quiet --bin messaging
+    source scripts/env.sh && cargo run --release --quiet -p pmcore-messaging --example bench
 
 # ---- run ---------------------------------------------------------------------------
 

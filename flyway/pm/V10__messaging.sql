@@ -85,6 +85,9 @@ create table messaging.delivery (
     constraint delivery_contact_key unique (message_id, contact_id)
 );
 create index delivery_due_idx on messaging.delivery (next_attempt_at) where status = 'pending';
+-- What is in flight (leased), per target: few rows, read at every lease.
+create index delivery_leased_idx on messaging.delivery (leased_until)
+    where status = 'pending' and leased_until is not null;
 create index delivery_endpoint_idx on messaging.delivery (endpoint_id, status) where endpoint_id is not null;
 
 create table messaging.attempt (

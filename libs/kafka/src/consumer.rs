@@ -86,8 +86,10 @@ pub fn classify(error: &sqlx::Error) -> ErrorClass {
             let code = db.code().unwrap_or_default();
             match code.get(..2).unwrap_or_default() {
                 // connection exception, operator intervention (shutdown, cancel),
-                // system error (I/O)
-                "08" | "57" | "58" => ErrorClass::Unavailable,
+                // system error (I/O); and the deployment's own faults, never the
+                // record's: a login refused (28) or a database missing (3D) would
+                // otherwise dead-letter every record until someone fixed a password
+                "08" | "57" | "58" | "28" | "3D" => ErrorClass::Unavailable,
                 // serialization failure / deadlock, insufficient resources
                 "40" | "53" => ErrorClass::Transient,
                 // lock not available
@@ -619,6 +621,69 @@ async fn dead_letter(
                     return Outcome::Abandoned;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Db(&'static str);
+
+    impl std::fmt::Display for Db {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Db {}
+
+    impl sqlx::error::DatabaseError for Db {
+        fn message(&self) -> &str {
+            self.0
+        }
+
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn class(code: &'static str) -> ErrorClass {
+        classify(&sqlx::Error::Database(Box::new(Db(code))))
+    }
+
+    #[test]
+    fn the_deployments_faults_wait_and_the_records_faults_dead_letter() {
+        // login refused, database missing, connection lost, shutting down
+        for code in ["28P01", "28000", "3D000", "08006", "57P01"] {
+            assert_eq!(class(code), ErrorClass::Unavailable, "{code}");
+        }
+        for code in ["40001", "40P01", "53300", "55P03"] {
+            assert_eq!(class(code), ErrorClass::Transient, "{code}");
+        }
+        // a NUL byte, out of range, a constraint, a privilege
+        for code in ["22021", "22003", "23505", "42501"] {
+            assert_eq!(class(code), ErrorClass::Permanent, "{code}");
         }
     }
 }

@@ -126,7 +126,7 @@ pub fn app_password() -> String {
 }
 
 /// `url` with the user and password of a service's login.
-fn login_url(url: &str, service: &str) -> String {
+pub fn login_url(url: &str, service: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://pmcore_{service}_app:{}@{host}", app_password())

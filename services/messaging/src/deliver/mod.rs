@@ -8,6 +8,7 @@
 //! receiver that hangs holds a few slots, never the whole pool.
 
 pub mod email;
+mod record;
 pub mod webhook;
 
 use std::{
@@ -23,12 +24,15 @@ use lettre::message::Mailbox;
 use pmcore_runtime::clock::SharedClock;
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    kinds, render, retry,
+    kinds, render,
     sealed::SecretsKey,
     store::{self, NewMessage, Recipients},
 };
@@ -170,14 +174,24 @@ impl Senders {
     pub async fn run(self, cancel: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.max_in_flight));
         let mut tasks = JoinSet::new();
+        let (recorder, finished) = mpsc::channel(self.max_in_flight.max(1) * 2);
+        let recording = tokio::spawn(record::run(self.pool.clone(), self.disable_after, finished));
         let mut listener = self.listen().await;
         loop {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
-            let leased = if free == 0 {
+            // Lease in batches: one lease per finished attempt would cost a round trip
+            // (and a look at the queue) per delivery.
+            let batch = (self.max_in_flight / 2).max(1);
+            let asked = if free == 0 || (free < batch && !tasks.is_empty()) {
+                0
+            } else {
+                free
+            };
+            let leased = if asked == 0 {
                 Vec::new()
             } else {
-                match self.lease(free).await {
+                match self.lease(asked).await {
                     Ok(rows) => rows,
                     Err(error) => {
                         tracing::warn!(error = %error, "leasing deliveries");
@@ -185,18 +199,20 @@ impl Senders {
                     }
                 }
             };
-            let idle = leased.is_empty();
+            // A full batch: more may be due at once.
+            let more = asked > 0 && leased.len() == asked;
             for due in leased {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     break;
                 };
                 let senders = self.clone();
+                let recorder = recorder.clone();
                 tasks.spawn(async move {
-                    senders.attempt(due).await;
+                    senders.attempt(due, recorder).await;
                     drop(permit);
                 });
             }
-            if !idle {
+            if more {
                 continue;
             }
             tokio::select! {
@@ -207,6 +223,9 @@ impl Senders {
             }
         }
         while tasks.join_next().await.is_some() {}
+        // What finished is written before the service stops.
+        drop(recorder);
+        let _ = recording.await;
     }
 
     async fn listen(&self) -> Option<PgListener> {
@@ -219,35 +238,54 @@ impl Senders {
     }
 
     /// Leases up to `limit` due deliveries, at most `per_target` in flight per target.
+    ///
+    /// Oldest first from the due index, skipping targets already at their cap, so a
+    /// backlog for one dead endpoint is stepped over rather than scanned into every
+    /// batch; the cap within a batch is applied here.
     async fn lease(&self, limit: usize) -> sqlx::Result<Vec<Due>> {
         let now = self.clock.now();
         let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "with busy as (
-                 select coalesce(endpoint_id, contact_id) as target, count(*) as n
-                   from messaging.delivery
-                  where status = 'pending' and leased_until >= $1
-                  group by 1
-             ), due as (
-                 select d.id, d.next_attempt_at,
-                        row_number() over (partition by coalesce(d.endpoint_id, d.contact_id)
-                                           order by d.next_attempt_at, d.id) as n,
-                        coalesce(d.endpoint_id, d.contact_id) as target
-                   from messaging.delivery d
-                  where d.status = 'pending' and d.next_attempt_at <= $1
-                    and (d.leased_until is null or d.leased_until < $1)
-             )
-             select due.id from due left join busy using (target)
-              where due.n + coalesce(busy.n, 0) <= $3
-              order by due.next_attempt_at
-              limit $2",
+        let in_flight: Vec<(Uuid, i64)> = sqlx::query_as(
+            "select coalesce(endpoint_id, contact_id), count(*)
+               from messaging.delivery
+              where status = 'pending' and leased_until is not null and leased_until >= $1
+              group by 1",
         )
         .bind(now)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(self.per_target)
         .fetch_all(&mut *tx)
         .await?;
+        let mut room: HashMap<Uuid, i64> = in_flight.into_iter().collect();
+        let full: Vec<Uuid> = room
+            .iter()
+            .filter(|(_, n)| **n >= self.per_target)
+            .map(|(t, _)| *t)
+            .collect();
+        let candidates: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "select id, coalesce(endpoint_id, contact_id)
+               from messaging.delivery
+              where status = 'pending' and next_attempt_at <= $1
+                and (leased_until is null or leased_until < $1)
+                and coalesce(endpoint_id, contact_id) <> all($2)
+              order by next_attempt_at
+              limit $3",
+        )
+        .bind(now)
+        .bind(&full)
+        .bind(i64::try_from(limit.saturating_mul(4)).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::with_capacity(limit);
+        for (id, target) in candidates {
+            let used = room.entry(target).or_insert(0);
+            if *used < self.per_target {
+                *used += 1;
+                ids.push(id);
+                if ids.len() == limit {
+                    break;
+                }
+            }
+        }
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -284,7 +322,7 @@ impl Senders {
         Ok(rows)
     }
 
-    async fn attempt(&self, due: Due) {
+    async fn attempt(&self, due: Due, recorder: mpsc::Sender<record::Finished>) {
         let now = self.clock.now();
         let outcome = if due.endpoint_id.is_some() {
             if due.enabled != Some(true) {
@@ -313,9 +351,15 @@ impl Senders {
             metrics::histogram!("pmcore_messaging_delivery_lag_seconds", "channel" => channel)
                 .record(lag.as_secs_f64());
         }
-        if let Err(error) = self.record(&due, &outcome, now).await {
-            // The lease runs out and the delivery is tried again: at least once.
-            tracing::warn!(delivery = %due.id, error = %error, "recording an attempt");
+        let finished = record::Finished {
+            delivery: due.id,
+            endpoint: due.endpoint_id,
+            attempts: due.attempts,
+            outcome,
+            at: now,
+        };
+        if recorder.send(finished).await.is_err() {
+            tracing::warn!(delivery = %due.id, "the recorder is gone; the lease will run out");
         }
     }
 
@@ -454,135 +498,6 @@ impl Senders {
             tracing::warn!(delivery = %id, error = %e, "dropping a delivery");
         }
     }
-
-    async fn record(&self, due: &Due, outcome: &Outcome, now: DateTime<Utc>) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let (code, response, error, latency) = match outcome {
-            Outcome::Delivered {
-                code,
-                response,
-                latency,
-            }
-            | Outcome::Gone {
-                code,
-                response,
-                latency,
-            } => (*code, response.clone(), None, *latency),
-            Outcome::Failed {
-                code,
-                response,
-                error,
-                latency,
-                ..
-            } => (*code, response.clone(), Some(error.clone()), *latency),
-        };
-        let error = error.or_else(|| {
-            matches!(outcome, Outcome::Gone { .. }).then(|| "answered 410 Gone".to_owned())
-        });
-        sqlx::query(
-            "insert into messaging.attempt (delivery_id, started_at, status_code, latency_ms, response, error)
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(due.id)
-        .bind(now)
-        .bind(code)
-        .bind(i32::try_from(latency.as_millis()).unwrap_or(i32::MAX))
-        .bind(response)
-        .bind(&error)
-        .execute(&mut *tx)
-        .await?;
-        let attempts = due.attempts + 1;
-        match outcome {
-            Outcome::Delivered { .. } => {
-                sqlx::query(
-                    "update messaging.delivery set status = 'delivered', attempts = $2,
-                            delivered_at = $3, leased_until = null, last_error = null
-                      where id = $1",
-                )
-                .bind(due.id)
-                .bind(attempts)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                if let Some(endpoint) = due.endpoint_id {
-                    sqlx::query(
-                        "update messaging.endpoint set failing_since = null
-                          where id = $1 and failing_since is not null",
-                    )
-                    .bind(endpoint)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            Outcome::Gone { .. } => {
-                finish_failed(&mut tx, due.id, attempts, error.as_deref()).await?;
-                if let Some(endpoint) = due.endpoint_id {
-                    disable(&mut tx, endpoint, "the receiver answered 410 Gone", now).await?;
-                }
-            }
-            Outcome::Failed { retry_after, .. } => {
-                let next = retry::after_failure(
-                    u32::try_from(attempts).unwrap_or(u32::MAX),
-                    now,
-                    *retry_after,
-                );
-                match next {
-                    retry::Next::RetryAt(at) => {
-                        sqlx::query(
-                            "update messaging.delivery set attempts = $2, next_attempt_at = $3,
-                                    leased_until = null, last_error = $4
-                              where id = $1",
-                        )
-                        .bind(due.id)
-                        .bind(attempts)
-                        .bind(at)
-                        .bind(&error)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    retry::Next::GiveUp => {
-                        finish_failed(&mut tx, due.id, attempts, error.as_deref()).await?;
-                    }
-                }
-                if let Some(endpoint) = due.endpoint_id {
-                    let since: Option<DateTime<Utc>> = sqlx::query_scalar(
-                        "update messaging.endpoint set failing_since = coalesce(failing_since, $2)
-                          where id = $1 returning failing_since",
-                    )
-                    .bind(endpoint)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .flatten();
-                    if retry::should_disable(since, now, self.disable_after) {
-                        let days = self.disable_after.num_days();
-                        let reason = format!("every attempt failed for {days} days");
-                        disable(&mut tx, endpoint, &reason, now).await?;
-                    }
-                }
-            }
-        }
-        tx.commit().await
-    }
-}
-
-async fn finish_failed(
-    conn: &mut PgConnection,
-    id: Uuid,
-    attempts: i32,
-    error: Option<&str>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "update messaging.delivery set status = 'failed', attempts = $2, leased_until = null,
-                last_error = $3
-          where id = $1",
-    )
-    .bind(id)
-    .bind(attempts)
-    .bind(error)
-    .execute(conn)
-    .await
-    .map(|_| ())
 }
 
 /// Disables an endpoint, drops what was queued for it, and tells the organization's
