@@ -33,7 +33,16 @@ pub(super) async fn run(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        if let Err(error) = write(&pool, &batch, disable_after).await {
+        let started = std::time::Instant::now();
+        let written = write(&pool, &batch, disable_after).await;
+        metrics::histogram!("pmcore_messaging_record_seconds")
+            .record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            attempts = batch.len(),
+            ms = started.elapsed().as_millis(),
+            "recorded"
+        );
+        if let Err(error) = written {
             // Their leases run out and they are tried again: at least once.
             tracing::warn!(error = %error, attempts = batch.len(), "recording attempts");
         }
