@@ -165,7 +165,7 @@ smtp_up() {
   scripts/install-tools.sh mail
   start_bg smtp-sink "$PMCORE_SMTP_PORT" tools/mail/node_modules/.bin/maildev \
     --ip 127.0.0.1 --smtp "$PMCORE_SMTP_PORT" --web-ip 127.0.0.1 --web "$PMCORE_MAIL_UI_PORT" \
-    --max-emails 1000
+    --max-emails 1000 --mail-directory "$S/mail"
   say "emails: http://127.0.0.1:$PMCORE_MAIL_UI_PORT"
 }
 
