@@ -146,7 +146,18 @@ pub async fn list(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let organization = principal.scope().or(filter.organization_id);
+    let organization = match (principal.scope(), filter.organization_id) {
+        // Asking for another organization's entries finds none: answering with the
+        // caller's own instead would look like the other organization's trail.
+        (Some(own), Some(asked)) if asked != own => {
+            return Ok(Json(EntryPage {
+                items: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        (Some(own), _) => Some(own),
+        (None, asked) => asked,
+    };
     let desc = filter.order.unwrap_or_default() == Order::Desc;
     let rows: Vec<EntryRow> = sqlx::query_as(&format!(
         "select {ENTRY_COLUMNS}, l.leaf_index
