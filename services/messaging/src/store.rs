@@ -59,35 +59,66 @@ pub async fn create_message(
     let Some(id) = inserted else {
         return Ok(None);
     };
-    let (endpoints, contacts): (Vec<Uuid>, Vec<Uuid>) = match recipients {
+    let (endpoints, contacts) = match recipients {
         Recipients::Endpoint(endpoint) => (vec![endpoint], vec![]),
-        Recipients::Subscribers | Recipients::Contacts => {
-            let endpoints = if recipients == Recipients::Subscribers {
-                sqlx::query_scalar(
-                    "select id from messaging.endpoint
-                      where organization_id = $1 and enabled
-                        and (cardinality(kinds) = 0 or $2 = any(kinds))",
-                )
-                .bind(message.organization_id)
-                .bind(message.kind)
-                .fetch_all(&mut *conn)
-                .await?
-            } else {
-                vec![]
-            };
-            let contacts = sqlx::query_scalar(
-                "select id from messaging.contact
-                  where organization_id = $1 and (cardinality(kinds) = 0 or $2 = any(kinds))",
-            )
-            .bind(message.organization_id)
-            .bind(message.kind)
-            .fetch_all(&mut *conn)
-            .await?;
-            (endpoints, contacts)
-        }
+        Recipients::Contacts => (vec![], subscribed(conn, "contact", message).await?),
+        Recipients::Subscribers => (
+            subscribed(conn, "endpoint", message).await?,
+            subscribed(conn, "contact", message).await?,
+        ),
     };
     queue(conn, id, &endpoints, &contacts, now).await?;
     Ok(Some(id))
+}
+
+/// The organization's endpoints (enabled) or contacts subscribed to the kind.
+async fn subscribed(
+    conn: &mut PgConnection,
+    table: &str,
+    message: &NewMessage<'_>,
+) -> sqlx::Result<Vec<Uuid>> {
+    let enabled = if table == "endpoint" {
+        "and enabled"
+    } else {
+        ""
+    };
+    sqlx::query_scalar(&format!(
+        "select id from messaging.{table}
+          where organization_id = $1 {enabled}
+            and (cardinality(kinds) = 0 or $2 = any(kinds))"
+    ))
+    .bind(message.organization_id)
+    .bind(message.kind)
+    .fetch_all(conn)
+    .await
+}
+
+/// An endpoint or a contact: where deliveries go.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Endpoint(Uuid),
+    Contact(Uuid),
+}
+
+/// Drops what is still queued for a target (deleted, or an endpoint disabled).
+pub async fn drop_pending(
+    conn: &mut PgConnection,
+    target: Target,
+    reason: &str,
+) -> sqlx::Result<()> {
+    let (column, id) = match target {
+        Target::Endpoint(id) => ("endpoint_id", id),
+        Target::Contact(id) => ("contact_id", id),
+    };
+    sqlx::query(&format!(
+        "update messaging.delivery set status = 'dropped', last_error = $2, leased_until = null
+          where {column} = $1 and status = 'pending'"
+    ))
+    .bind(id)
+    .bind(reason)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 async fn queue(

@@ -561,13 +561,11 @@ pub async fn disable(
     let Some((organization_id, url)) = disabled else {
         return Ok(());
     };
-    sqlx::query(
-        "update messaging.delivery set status = 'dropped', last_error = 'the endpoint was disabled',
-                leased_until = null
-          where endpoint_id = $1 and status = 'pending'",
+    store::drop_pending(
+        &mut *conn,
+        store::Target::Endpoint(endpoint),
+        "the endpoint was disabled",
     )
-    .bind(endpoint)
-    .execute(&mut *conn)
     .await?;
     tracing::warn!(%endpoint, %url, reason, "webhook endpoint disabled");
     metrics::counter!("pmcore_messaging_endpoints_disabled_total").increment(1);

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{MANAGERS, MessagingState, check_kinds, check_len, validated};
+use crate::store::{self, Target};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -148,13 +149,7 @@ pub async fn delete(
     if deleted == 0 {
         return Err(ApiError::NotFound("contact"));
     }
-    sqlx::query(
-        "update messaging.delivery set status = 'dropped', last_error = 'the contact was deleted'
-          where contact_id = $1 and status = 'pending'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
+    store::drop_pending(&mut tx, Target::Contact(id), "the contact was deleted").await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

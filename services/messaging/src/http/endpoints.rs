@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{MANAGERS, MessagingState, check_kinds, check_len, validated};
 use crate::{
     egress, signature,
-    store::{self, NewMessage, Recipients},
+    store::{self, NewMessage, Recipients, Target},
 };
 
 const MAX_URL: usize = 2048;
@@ -333,13 +333,7 @@ pub async fn delete(
     if deleted == 0 {
         return Err(ApiError::NotFound("endpoint"));
     }
-    sqlx::query(
-        "update messaging.delivery set status = 'dropped', last_error = 'the endpoint was deleted'
-          where endpoint_id = $1 and status = 'pending'",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
+    store::drop_pending(&mut tx, Target::Endpoint(id), "the endpoint was deleted").await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
