@@ -2,7 +2,9 @@
 # Property-based runs of the api's, the audit log's and messaging's OpenAPI documents against
 # the running services (schemathesis, fixed seed, bounded examples per operation):
 # no 5xx, and every response must match the document. Uses its own database and
-# topic prefix; the audit log and messaging accept the api's tokens (same key).
+# topic prefix; the audit log and messaging accept the api's tokens (same key). Then the
+# audit trail of the run goes through the independent verifier, and every reference page
+# (the three /docs and the AsyncAPI page) is opened in headless Chromium, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -129,3 +131,18 @@ PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$messaging_p
   --checks all \
   --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
   --hypothesis-suppress-health-check all --no-color
+
+say "the reference pages in headless Chromium, with no network beyond loopback"
+node tools/node/asyncapi.mjs html >/dev/null
+docs_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory asyncapi/dist "$docs_port" >/dev/null 2>&1 &
+docs_server=$!
+trap 'kill $docs_server 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://127.0.0.1:$docs_port/" 2>/dev/null && break; sleep 0.1; done
+# What each page must show once rendered: operations (paths or ids) and channels.
+node tools/node/pages.mjs "$PMCORE_STACK_DIR/screenshots" \
+  "api-docs|http://127.0.0.1:$port/docs/|/v1/programs;/v1/dispatch-events/{id}/status;/oauth/token" \
+  "audit-docs|http://127.0.0.1:$audit_port/docs/|/v1/audit/entries;/v1/audit/checkpoint" \
+  "messaging-docs|http://127.0.0.1:$messaging_port/docs/|/v1/messaging/endpoints;/v1/messaging/messages" \
+  "asyncapi-http|http://127.0.0.1:$docs_port/index.html|pm.programs.v1;der.telemetry.v1;publishProgramEvents;storeTelemetry" \
+  "asyncapi-file|file://$PWD/asyncapi/dist/index.html|pm.dispatch-events.v1;publishDispatchLifecycle"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs and the machine lacks, pinned, only when missing:
 # just, tansu (Kafka-protocol broker), s3s-fs (S3 server), the PostgreSQL server,
-# the AsyncAPI validator's npm packages, and (`mail`) the dev stack's SMTP sink. Safe to run again; it skips what is there.
+# the AsyncAPI validator's npm packages, Chromium for the page checks, and (`mail`) the dev stack's SMTP sink. Safe to run again; it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +59,11 @@ if [ "$want" = all ] || [ "$want" = node ]; then
     say "npm ci in tools/node/ (AsyncAPI parser, HTML renderer, Compose schema)"
     (cd tools/node && npm ci --no-audit --no-fund --loglevel=error)
   fi
+fi
+
+# The reference pages are checked in Debian's Chromium (driven by playwright-core).
+if [ "$want" = all ] || [ "$want" = browser ]; then
+  command -v chromium >/dev/null || apt_install chromium
 fi
 
 # Not in `all`: only stacks that send email need it.

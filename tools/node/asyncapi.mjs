@@ -3,7 +3,7 @@
 import { mkdirSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Parser, fromFile } from '@asyncapi/parser';
+import { Parser, fromFile, stringify } from '@asyncapi/parser';
 import { AvroSchemaParser } from '@asyncapi/avro-schema-parser';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -43,6 +43,9 @@ if (mode === 'json') {
   const component = join(here, 'node_modules', '@asyncapi', 'react-component');
   copyFileSync(join(component, 'browser', 'standalone', 'without-parser.js'), join(out, 'asyncapi-ui.js'));
   copyFileSync(join(component, 'styles', 'default.min.css'), join(out, 'asyncapi-ui.css'));
+  // The page gets the document already parsed here (Avro payloads resolved, in the
+  // parser's own stringified form): the standalone renderer without a parser cannot
+  // read YAML, and one with a parser would not know Avro.
   const html = `<!doctype html>
 <html lang="en">
 <head>
@@ -55,7 +58,7 @@ if (mode === 'json') {
   <script src="asyncapi-ui.js"></script>
   <script>
     AsyncApiStandalone.render({
-      schema: ${JSON.stringify(readFileSync(join(out, '..', 'asyncapi.yaml'), 'utf8')).replace(/</g, '\\u003c')},
+      schema: ${JSON.stringify(stringify(document)).replace(/</g, '\\u003c')},
       config: { show: { sidebar: true } },
     }, document.getElementById('asyncapi'));
   </script>

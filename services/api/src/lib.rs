@@ -19,17 +19,16 @@ pub mod telemetry;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use axum::Router;
 use backon::{ExponentialBuilder, Retryable};
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
 use pmcore_runtime::{Platform, Service, supervise};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
-use utoipa_scalar::{Scalar, Servable};
 use uuid::Uuid;
 
-use crate::{auth::tokens::Tokens, error::ApiError, limits::Limits, state::AppState};
+use crate::{auth::tokens::Tokens, limits::Limits, state::AppState};
 
 pub use pmcore_web::BODY_LIMIT_BYTES;
 
@@ -165,21 +164,7 @@ impl App {
     }
 
     fn router(&self) -> Router {
-        let (router, api) = openapi::routes().split_for_parts();
-        let mut api = api;
-        api.info.version = env!("CARGO_PKG_VERSION").to_owned();
-        let spec = api.clone();
-        router
-            .route(
-                "/openapi.json",
-                get(move || async move { axum::Json(spec) }),
-            )
-            .merge(Scalar::with_url("/docs", api))
-            .fallback(|| async { ApiError::NotFound("route") })
-            .method_not_allowed_fallback(|| async {
-                ApiError::BadRequest("this method is not allowed on this path".into())
-            })
-            .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        pmcore_web::openapi::serve(openapi::routes(), env!("CARGO_PKG_VERSION"))
             .with_state(self.state.clone())
     }
 }

@@ -10,7 +10,7 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use axum::Router;
 use pmcore_db::{DbConfig, inbox::Inbox};
 use pmcore_events::catalog;
 use pmcore_kafka::{
@@ -18,7 +18,7 @@ use pmcore_kafka::{
     consumer::{self, ConsumerSpec},
 };
 use pmcore_runtime::{Platform, Service, supervise, task};
-use pmcore_web::{error::ApiError, limits::Limits, tokens::Tokens};
+use pmcore_web::{limits::Limits, tokens::Tokens};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
@@ -143,16 +143,7 @@ impl App {
     }
 
     fn router(&self) -> Router {
-        let (router, api) = http::openapi::routes().split_for_parts();
-        let mut api = api;
-        api.info.version = env!("CARGO_PKG_VERSION").to_owned();
-        router
-            .route("/openapi.json", get(move || async move { axum::Json(api) }))
-            .fallback(|| async { ApiError::NotFound("route") })
-            .method_not_allowed_fallback(|| async {
-                ApiError::BadRequest("this method is not allowed on this path".into())
-            })
-            .layer(DefaultBodyLimit::max(pmcore_web::BODY_LIMIT_BYTES))
+        pmcore_web::openapi::serve(http::openapi::routes(), env!("CARGO_PKG_VERSION"))
             .with_state(self.state.clone())
     }
 }
