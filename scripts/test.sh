@@ -24,6 +24,9 @@ node tools/node/compose.mjs
 say "building the service binaries (the integration tests start them)"
 cargo build --bins --quiet
 
+say "every recipe of the README's task table (run, or dry-run for the long ones)"
+scripts/recipes-check.py
+
 say "api contract: schemathesis against a running api"
 scripts/api-fuzz.sh
 
