@@ -332,10 +332,19 @@ async fn run_once<H: Handler>(
     Ok(())
 }
 
-/// Drops a consumer on a blocking thread: closing it leaves the group and waits for
-/// the broker, which after a stall may take long, and must not freeze the runtime.
+/// Drops a consumer on a thread of its own: closing it leaves the group and waits for
+/// the broker, which after a stall may take long or, with the broker gone, for ever
+/// (librdkafka's close waits without a timeout for the revocation it sends itself;
+/// seen in the broker-pause test). Not `spawn_blocking`: a runtime waits for its
+/// blocking tasks when it shuts down, so one endless close would keep the whole
+/// service from exiting. A detached thread ends with the process.
 pub fn close_off_thread(consumer: Arc<StreamConsumer<KafkaContext>>) {
-    tokio::task::spawn_blocking(move || drop(consumer));
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || drop(consumer));
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no thread to close a consumer on; closing it here");
+    }
 }
 
 /// Ends this consumer (the caller rebuilds it) when the watchdog finds its group
