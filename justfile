@@ -19,18 +19,34 @@ up: (stack-up "--profile" "all") seed-database seed-kafka simulate-start
 seed-database:
     source scripts/env.sh && cargo run --quiet --bin seed
 
-# Backfill 5-minute telemetry history for the seeded DERs through the relay (once).
-seed-kafka days="14":
+# Publish the current programs (--pm), DERs (--der-warehouse) and gateways (--der-gateway)
+# as events for late subscribers, then (with --der-gateway) telemetry history through the
+# relay: `just seed-kafka --pm --days 7`. No application flag = all. Idempotent.
+seed-kafka *args:
     #!/usr/bin/env bash
     set -euo pipefail
     source scripts/env.sh
+    apps=(); days=14
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --pm|--der-warehouse|--der-gateway) apps+=("$1") ;;
+        --days) days="${2:?--days needs a number}"; shift ;;
+        --days=*) days="${1#*=}" ;;
+        [0-9]*) days="$1" ;; # the old positional form: just seed-kafka 7
+        *) echo "seed-kafka: unknown argument $1 (--pm, --der-warehouse, --der-gateway, --days N)" >&2; exit 2 ;;
+      esac
+      shift
+    done
+    [ ${#apps[@]} -gt 0 ] || apps=(--pm --der-warehouse --der-gateway)
+    cargo run --quiet --bin seed-kafka -- "${apps[@]}"
+    [[ " ${apps[*]} " == *" --der-gateway "* ]] || exit 0
     # Without psql (a Docker-only machine) the backfill just runs again; the
     # (der_id, ts) key makes a second run add nothing.
     if command -v psql >/dev/null; then
-      have=$(psql -Atq "$PMCORE_DATABASE_URL" -c "select count(*) from pm.telemetry where ts < now() - interval '{{days}} days' + interval '1 day'")
+      have=$(psql -Atq "$PMCORE_DATABASE_URL" -c "select count(*) from pm.telemetry where ts < now() - interval '$days days' + interval '1 day'")
       if [ "$have" -gt 0 ]; then echo "seed-kafka: history already there ($have old readings); skipping"; exit 0; fi
     fi
-    cargo run --quiet --bin gateway-sim -- backfill --days {{days}}
+    cargo run --quiet --bin gateway-sim -- backfill --days "$days"
 
 # Start the simulated gateways in the background (stopped by stack-down).
 simulate-start:

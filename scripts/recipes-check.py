@@ -32,7 +32,7 @@ RUN = [
 # Dry-run only, with the arguments a person would give.
 DRY = {
     "up": [], "stack-up": ["--profile", "testing"], "stack-down": [], "stack-destroy": [],
-    "db-migrate": [], "db-drop": [], "seed-database": [], "seed-kafka": [],
+    "db-migrate": [], "db-drop": [], "seed-database": [], "seed-kafka": ["--pm", "--der-gateway", "--days", "3"],
     "simulate": ["--gateways", "2"], "simulate-start": [], "run": ["api"],
     "bench": [], "bench-api": [], "bench-telemetry": [], "bench-dispatch": [],
     "bench-settlement": [], "bench-import": [], "bench-audit": [], "bench-messaging": [],
