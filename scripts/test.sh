@@ -27,12 +27,23 @@ cargo build --bins --quiet
 say "every recipe of the README's task table (run, or dry-run for the long ones)"
 scripts/recipes-check.py
 
+fuzz_since_ms=$(date +%s%3N)
 say "api contract: schemathesis against a running api"
 scripts/api-fuzz.sh
 
 say "rust tests"
+status=0
 if command -v cargo-nextest >/dev/null; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# Every record the tests (and the fuzz run before them) wrote to a contract topic, read
+# back by a subscriber in another language that has only the committed contract.
+say "a Python subscriber reads every record of the run with only asyncapi/"
+scripts/install-tools.sh subscriber
+# A filtered run (`just test <filter>`) produces too little to ask for every channel.
+every=(); [ $# -gt 0 ] || every=(--require-all)
+PYTHONPATH="$PMCORE_STACK_DIR/pylib" python3 tools/subscriber/read_topics.py --since-ms "$fuzz_since_ms" "${every[@]}" || status=1
+exit $status

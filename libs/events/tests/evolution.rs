@@ -152,7 +152,8 @@ fn the_gate_refuses_breaking_changes_and_lets_compatible_ones_through() {
     };
 
     // A new field with a default: old records read with the default.
-    let compatible = with_field(serde_json::json!({"name": "region", "type": "string", "default": ""}));
+    let compatible =
+        with_field(serde_json::json!({"name": "region", "type": "string", "default": ""}));
     assert_eq!(breaks(&released, &compatible), Vec::<String>::new());
 
     // Without a default, an old record has no value for it.

@@ -52,6 +52,13 @@ pub async fn enqueue<E: DomainEvent>(
     event: &E,
     meta: &EventMeta,
 ) -> anyhow::Result<Envelope> {
+    // CloudEvents requires a source, and subscribers filter on it (found by the
+    // contract reader on a record a test published with a defaulted `EventMeta`).
+    anyhow::ensure!(
+        !meta.source.trim().is_empty(),
+        "{} has no source: EventMeta.source names the publishing service",
+        E::TYPE.ce_type
+    );
     let mut envelope = Envelope::for_event(event, &meta.source, meta.principal.clone());
     envelope.traceparent = meta.traceparent.clone().or_else(trace::current_traceparent);
     let payload = avro::encode(event)?;

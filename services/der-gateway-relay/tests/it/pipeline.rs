@@ -96,7 +96,9 @@ async fn a_poison_record_is_parked_and_the_partition_moves_on() {
         .send(
             FutureRecord::<str, [u8]>::to(&topic)
                 .key("k")
-                .payload(b"not avro".as_slice()),
+                .payload(b"not avro".as_slice())
+                // Malformed on purpose: the contract reader of `just test` skips it.
+                .headers(pmcore_kafka::record_headers([("pmcore-test", "poison")])),
             Timeout::After(Duration::from_secs(10)),
         )
         .await

@@ -4,8 +4,8 @@ use pmcore_testkit::{TestDb, eventually, kafka, unique_prefix};
 use rdkafka::Message;
 
 use crate::helpers::{
-    TIMEOUT, audit_entries_for, audit_log, encoded_event, header, insert_organization, producer,
-    read_until, send_raw,
+    POISON, TIMEOUT, audit_entries_for, audit_log, encoded_event, header, insert_organization,
+    producer, read_until, send_raw,
 };
 
 #[tokio::test]
@@ -17,9 +17,10 @@ async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_consumer_go
     let org = insert_organization(&db).await;
     let producer = producer(&kafka);
 
-    // Valid headers, garbage payload; then no headers at all; then a good event,
-    // all on one key so they share a partition and the good one comes last.
-    let (poison, headers, _) = encoded_event(org);
+    // Valid headers, garbage payload; then no CloudEvents headers at all; then a good
+    // event, in that order on one partition (`send_raw`).
+    let (poison, mut headers, _) = encoded_event(org);
+    headers.push((POISON.0, POISON.1.to_owned()));
     send_raw(
         &producer,
         &kafka,
@@ -34,7 +35,7 @@ async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_consumer_go
         &kafka,
         catalog::PROGRAMS.name,
         &poison.subject,
-        &[],
+        &[(POISON.0, POISON.1.to_owned())],
         b"{\"not\": \"avro\"}",
     )
     .await;
@@ -43,7 +44,7 @@ async fn an_undecodable_record_goes_to_the_dead_letter_topic_and_the_consumer_go
         &producer,
         &kafka,
         catalog::PROGRAMS.name,
-        &poison.subject,
+        &good.subject,
         &g_headers,
         &g_payload,
     )

@@ -112,7 +112,8 @@ pub(crate) fn producer(kafka: &KafkaConfig) -> FutureProducer {
         .expect("producer")
 }
 
-/// Sends raw bytes with raw headers to a logical topic, bypassing the outbox.
+/// Sends raw bytes with raw headers to a logical topic, bypassing the outbox, always to
+/// partition 0: what a test sends arrives in the order sent, whatever the keys.
 pub(crate) async fn send_raw(
     producer: &FutureProducer,
     kafka: &KafkaConfig,
@@ -129,6 +130,7 @@ pub(crate) async fn send_raw(
     });
     let topic = kafka.topic(topic);
     let record = FutureRecord::to(&topic)
+        .partition(0)
         .key(key)
         .payload(payload)
         .headers(headers);
@@ -137,6 +139,10 @@ pub(crate) async fn send_raw(
         .await
         .expect("broker took the record");
 }
+
+/// The header that tells readers of the topics (the contract reader of `just test`)
+/// that a record is malformed on purpose.
+pub(crate) const POISON: (&str, &str) = ("pmcore-test", "poison");
 
 /// A well-formed program event as raw headers and bytes.
 pub(crate) fn encoded_event(

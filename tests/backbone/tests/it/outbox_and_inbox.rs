@@ -62,7 +62,7 @@ async fn an_event_delivered_twice_is_recorded_once() {
     let producer = producer(&kafka);
 
     // The same record twice (same ce_id), as a relay crash after publishing would
-    // cause, then a sentinel with the same key so it lands behind them in order.
+    // cause, then a sentinel behind them on the same partition (`send_raw`).
     let (dup, headers, payload) = encoded_event(org);
     for _ in 0..2 {
         send_raw(
@@ -80,7 +80,7 @@ async fn an_event_delivered_twice_is_recorded_once() {
         &producer,
         &kafka,
         catalog::PROGRAMS.name,
-        &dup.subject,
+        &sentinel.subject,
         &s_headers,
         &s_payload,
     )
