@@ -104,6 +104,15 @@ pub async fn connect(url: &str, spec: &GatewaySpec, firmware: &str) -> Result<So
                 "expected welcome, got {other:?}"
             ))),
         },
+        // "Going away" and "try again later" (the relay busy or unavailable) are
+        // retried like a failed connection; any other close refuses this gateway.
+        Some(Ok(Message::Close(Some(frame)))) if matches!(u16::from(frame.code), 1001 | 1013) => {
+            Err(SimError::Connection(anyhow::anyhow!(
+                "closed with {}: {}",
+                u16::from(frame.code),
+                frame.reason
+            )))
+        }
         Some(Ok(Message::Close(frame))) => {
             Err(SimError::Refused(spec.id, format!("closed: {frame:?}")))
         }

@@ -17,9 +17,18 @@ type Check = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Syn
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long one evaluation answers every `/readyz`. A probe (or anyone who can reach
+/// the port) asking in a loop then costs one Kafka metadata request and one pooled
+/// connection a second, not one per request.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+type Verdict = (std::time::Instant, bool, serde_json::Value);
+
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(&'static str, Check)>,
+    /// The last verdict; concurrent callers wait for the one evaluation under way.
+    last: Arc<tokio::sync::Mutex<Option<Verdict>>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -54,6 +63,8 @@ impl Readiness {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         self.checks.push((name, Arc::new(move || f().boxed())));
+        // Another set of checks: not the verdict of the one it was cloned from.
+        self.last = Arc::default();
         self
     }
 
@@ -116,8 +127,21 @@ impl Readiness {
         })
     }
 
-    /// Runs every check concurrently; returns overall readiness and a per-check report.
+    /// Overall readiness and a per-check report, at most [`FRESH_FOR`] old.
     pub async fn evaluate(&self) -> (bool, serde_json::Value) {
+        let mut last = self.last.lock().await;
+        if let Some((at, ready, report)) = &*last
+            && at.elapsed() < FRESH_FOR
+        {
+            return (*ready, report.clone());
+        }
+        let (ready, report) = self.run_checks().await;
+        *last = Some((std::time::Instant::now(), ready, report.clone()));
+        (ready, report)
+    }
+
+    /// Runs every check concurrently.
+    async fn run_checks(&self) -> (bool, serde_json::Value) {
         let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
             let fut = check();
             async move {
@@ -142,5 +166,32 @@ impl Readiness {
             })
             .collect::<serde_json::Map<_, _>>();
         (ready, serde_json::Value::Object(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_probes_runs_the_checks_once_and_a_later_one_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let readiness = Readiness::new().check("counted", move || {
+            let runs = counted.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(())
+            }
+        });
+        let verdicts = futures::future::join_all((0..50).map(|_| readiness.evaluate())).await;
+        assert!(verdicts.iter().all(|(ready, _)| *ready));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(FRESH_FOR + Duration::from_millis(50)).await;
+        readiness.evaluate().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }

@@ -23,6 +23,10 @@ pub struct Limits {
     /// Protocol errors a session may cause before it is closed.
     pub max_errors: u32,
     pub hello_timeout: Duration,
+    /// Argon2id verifications at once (hellos beyond wait, then are told to retry).
+    pub max_verifications: usize,
+    /// Hellos per second from one source address, in bursts of ten times that.
+    pub hellos_per_second_per_address: u32,
 }
 
 /// Why a session is woken from outside its socket.
@@ -47,6 +51,10 @@ pub struct Hub {
     pub kafka: KafkaConfig,
     pub producer: FutureProducer<KafkaContext>,
     pub limits: Limits,
+    /// Bounds the argon2id runs of hellos.
+    pub verifier: crate::auth::Verifier,
+    /// Hellos (WebSocket upgrades) per source address.
+    pub hellos: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// Names this process in presence events.
     pub instance: String,
     pub cancel: CancellationToken,
@@ -71,10 +79,17 @@ impl Hub {
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".to_owned());
+        let rate = std::num::NonZeroU32::new(limits.hellos_per_second_per_address.max(1))
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = rate.saturating_mul(std::num::NonZeroU32::new(10).unwrap_or(rate));
         Arc::new(Self {
             pool,
             kafka,
             producer,
+            verifier: crate::auth::Verifier::new(limits.max_verifications, limits.hello_timeout),
+            hellos: governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
             limits,
             instance: format!("{host}-{}", Uuid::now_v7().simple()),
             cancel,

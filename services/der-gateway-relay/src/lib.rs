@@ -20,8 +20,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{State, WebSocketUpgrade},
-    response::Response,
+    extract::{ConnectInfo, State, WebSocketUpgrade},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use pmcore_db::{DbConfig, inbox::Inbox};
@@ -70,6 +71,24 @@ pub struct Config {
         default_value_t = 30
     )]
     pub heartbeat_timeout_s: u64,
+
+    /// Gateway secrets verified at once (argon2id, 19 MiB and a core each); 0 = one per
+    /// core. A hello beyond waits up to the hello timeout, then is closed with 1013.
+    #[arg(
+        long = "max-verifications",
+        env = "PMCORE_RELAY_MAX_VERIFICATIONS",
+        default_value_t = 0
+    )]
+    pub max_verifications: usize,
+
+    /// New gateway connections per second from one source address (bursts of ten
+    /// times that); beyond, the upgrade is answered 429 before any work.
+    #[arg(
+        long = "hellos-per-second-per-address",
+        env = "PMCORE_RELAY_HELLOS_PER_SECOND_PER_ADDRESS",
+        default_value_t = 50
+    )]
+    pub hellos_per_second_per_address: u32,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -120,6 +139,11 @@ impl Service for App {
             heartbeat_timeout: Duration::from_secs(self.config.heartbeat_timeout_s.max(1)),
             max_errors: 20,
             hello_timeout: Duration::from_secs(10),
+            max_verifications: match self.config.max_verifications {
+                0 => std::thread::available_parallelism().map_or(2, usize::from),
+                n => n,
+            },
+            hellos_per_second_per_address: self.config.hellos_per_second_per_address,
         };
         let producer = telemetry_producer(&self.platform.kafka)?;
         let hub = Hub::new(
@@ -180,7 +204,21 @@ fn telemetry_producer(
     Ok(producer.create_with_context(pmcore_kafka::KafkaContext::default())?)
 }
 
-async fn upgrade(State(hub): State<Arc<Hub>>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if hub.hellos.check_key(&peer.ip()).is_err() {
+        metrics::counter!("pmcore_relay_rejected_total", "code" => "hello_rate").increment(1);
+        tracing::warn!(peer = %peer.ip(), "too many new gateway connections from one address");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "too many new connections from this address; retry later",
+        )
+            .into_response();
+    }
     let max = hub.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)

@@ -128,6 +128,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// The relay cannot take the session now (every secret-verification slot busy).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const HEARTBEAT_TIMEOUT: u16 = 4008;
 }
 

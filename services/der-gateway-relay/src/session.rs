@@ -78,7 +78,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
             return;
         }
     };
-    let gateway = match auth::authenticate(&hub.pool, gateway_id, secret).await {
+    let gateway = match auth::authenticate(&hub.pool, &hub.verifier, gateway_id, secret).await {
         Ok(g) => g,
         Err(AuthError::Refused) => {
             tracing::warn!(%gateway_id, "gateway refused: unknown id or wrong secret");
@@ -89,6 +89,11 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
                 "unknown gateway or wrong secret",
             )
             .await;
+            return;
+        }
+        Err(AuthError::Busy) => {
+            metrics::counter!("pmcore_relay_rejected_total", "code" => "busy").increment(1);
+            let _ = send_close(&mut sink, close::TRY_AGAIN_LATER, "relay busy, retry later").await;
             return;
         }
         Err(error @ AuthError::Unavailable(_)) => {

@@ -52,6 +52,8 @@ impl Env {
             max_frame_bytes: 1 << 20,
             frames_per_second: 50,
             heartbeat_timeout_s: 30,
+            max_verifications: 0,
+            hellos_per_second_per_address: 50,
             database: self.db.config_for("relay"),
             kafka: self.kafka.clone(),
         };

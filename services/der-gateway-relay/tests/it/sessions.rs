@@ -313,9 +313,49 @@ async fn rotating_the_secret_ends_the_session_opened_with_the_old_one() {
         rotated_at: Utc::now().timestamp_micros(),
     };
     let mut conn = env.db.pool.acquire().await.expect("connection");
-    pmcore_kafka::outbox::enqueue(&mut conn, &event, &Default::default())
+    let meta = pmcore_kafka::outbox::EventMeta {
+        source: "test".into(),
+        ..Default::default()
+    };
+    pmcore_kafka::outbox::enqueue(&mut conn, &event, &meta)
         .await
         .expect("enqueued");
     assert_eq!(close_code(&mut socket).await, Some(1008));
     relay.stop().await.expect("stops");
+}
+
+#[tokio::test]
+async fn new_connections_beyond_an_addresses_rate_are_refused_before_any_work() {
+    let env = Env::new().await;
+    let relay = env
+        .relay_with(|c| c.hellos_per_second_per_address = 1)
+        .await;
+    // One a second in bursts of ten: of twenty at once, about ten are turned away at
+    // the upgrade, before a hello is read or a secret verified.
+    let mut refused = 0;
+    let mut upgraded = Vec::new();
+    for _ in 0..20 {
+        match tokio_tungstenite::connect_async(url(&relay)).await {
+            Ok((socket, _)) => upgraded.push(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429);
+                assert_eq!(
+                    response.headers().get("retry-after").map(|v| v.as_bytes()),
+                    Some(&b"1"[..])
+                );
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert!(
+        (8..=10).contains(&refused),
+        "{refused} of 20 refused with a burst of 10"
+    );
+    // The address gets its turn again as the budget refills, and a gateway connects.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let spec = env.gateway(1).await;
+    pmcore_seed::sim::connect(&url(&relay), &spec, "t")
+        .await
+        .expect("welcomed once the rate allows");
 }
