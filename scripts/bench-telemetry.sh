@@ -12,12 +12,20 @@
 # PMCORE_BENCH_STEPS   reading intervals in ms (default "2000 1000 800")
 # PMCORE_BENCH_SECONDS seconds per step (default 60)
 # PMCORE_BENCH_FLEET   gateways x DERs per gateway (default 40x500 = 20,000 DERs)
+# PMCORE_BENCH_STALL_S seconds without progress that fail the run (default 150)
+#
+# Per step: lag = readings acknowledged but not yet stored when the gateways stop;
+# drain = seconds until the worker caught up; lost = still missing once it stopped
+# moving. Any loss fails the run (exit 1) after the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 say() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
 
 STEPS="${PMCORE_BENCH_STEPS:-2000 1000 800}"
+# Seconds without a new row, while readings are missing, after which the worker counts
+# as stuck (its watchdog rebuilds a stuck consumer after PMCORE_KAFKA_STALL_AFTER_S, 60).
+STALL_S="${PMCORE_BENCH_STALL_S:-150}"
 SECONDS_PER_STEP="${PMCORE_BENCH_SECONDS:-60}"
 FLEET="${PMCORE_BENCH_FLEET:-40x500}"
 GATEWAYS="${FLEET%x*}"
@@ -73,7 +81,7 @@ pids_of() { pgrep -f "$1" | tr '\n' ' '; }
 tick=$(getconf CLK_TCK)
 tansu_pids=$(pids_of 'tansu broker'); pg_pids=$(pgrep -u postgres postgres | tr '\n' ' ')
 
-declare -a table
+declare -a table stalled=()
 stored_before=0
 for interval in $STEPS; do
   rate=$((DERS * 1000 / interval))
@@ -91,14 +99,27 @@ for interval in $STEPS; do
   sim_cpu=$(awk '{printf "%.0f", $1 + $2}' "$dir/sim-time-$interval")
   acked=$(echo "$summary" | python3 -c 'import json,sys; print(json.load(sys.stdin)["acked"])')
   secs=$(echo "$summary" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["seconds"], 1))')
-  # Everything acknowledged must reach Postgres.
+  # Everything acknowledged must reach Postgres. How far behind the worker was when
+  # the gateways stopped (lag) and how long it took to catch up (drain) are reported
+  # apart; a reading counts as lost only if it is still missing once the worker has
+  # stopped making progress, and a worker that stops while behind fails the run.
   expected=$((stored_before + acked))
-  waited=0
-  until [ "$(sql 'select count(*) from pm.telemetry')" -ge "$expected" ] || [ $waited -ge 120 ]; do sleep 1; waited=$((waited + 1)); done
   stored=$(sql 'select count(*) from pm.telemetry')
+  lag=$(( expected > stored ? expected - stored : 0 ))
+  drain_started=$SECONDS; last_progress=$SECONDS; last_count=$stored
+  while [ "$stored" -lt "$expected" ] && [ $((SECONDS - last_progress)) -lt "$STALL_S" ]; do
+    sleep 1
+    stored=$(sql 'select count(*) from pm.telemetry')
+    if [ "$stored" -gt "$last_count" ]; then last_progress=$SECONDS; last_count=$stored; fi
+  done
+  drain_s=$(( stored >= expected ? SECONDS - drain_started : -1 ))
   # Negative would mean rows for batches produced but not acknowledged when the
   # gateways stopped (they were stored; the gateway would have resent them).
   lost=$(( expected > stored ? expected - stored : 0 ))
+  if [ "$lost" -gt 0 ]; then
+    stalled+=("step $rate/s: the worker stopped with $lost acknowledged readings missing (no progress for ${STALL_S} s; see $dir/worker.log)")
+    say "FAIL ${stalled[-1]}"
+  fi
   stored_before=$stored
   read -r p50 p99 < <(sql "select round((percentile_cont(0.5) within group (order by extract(epoch from received_at - ts)) * 1000)::numeric),
                                 round((percentile_cont(0.99) within group (order by extract(epoch from received_at - ts)) * 1000)::numeric)
@@ -111,8 +132,8 @@ for interval in $STEPS; do
   pg_cpu=$(( ($(cpu_of $pg_pids) - before_pg) / tick ))
   per_s=$(python3 -c "print(round($acked / $secs))")
   best=$per_s
-  table+=("$(printf '%9s %10s %9s %8s %8s %6s   sim %3ss relay %3ss worker %3ss broker %3ss postgres %3ss' \
-    "$rate" "$per_s" "$acked" "${p50}ms" "${p99}ms" "$lost" "$sim_cpu" "$relay_cpu" "$worker_cpu" "$tansu_cpu" "$pg_cpu")")
+  table+=("$(printf '%9s %10s %9s %8s %8s %8s %6s %6s   sim %3ss relay %3ss worker %3ss broker %3ss postgres %3ss' \
+    "$rate" "$per_s" "$acked" "${p50}ms" "${p99}ms" "$lag" "${drain_s}s" "$lost" "$sim_cpu" "$relay_cpu" "$worker_cpu" "$tansu_cpu" "$pg_cpu")")
   say "${table[-1]}"
 done
 
@@ -155,10 +176,14 @@ read_p99=$(awk 'NR == 198 {printf "%.1f", $1 * 1000}' "$dir/read.txt")
 cat <<EOF
 
 telemetry pipeline: $GATEWAYS gateways, $DERS DERs, ${SECONDS_PER_STEP} s per step, $(nproc) cores, $(date -u +%F)
-  offered  acked/s    acked     p50 delay p99 delay lost   CPU seconds during the step
+  offered  acked/s    acked     p50 delay p99 delay   lag    drain   lost   CPU seconds during the step
 $(printf '%s\n' "${table[@]}")
 
 plain COPY of $copy_rows rows into pm.telemetry: ${copy_secs} s = $copy_rate rows/s
 pipeline at the last step / plain COPY: $(python3 -c "print(round($best / $copy_rate, 2))")
 read API, week of 1 Hz at 15 min ($points points): p50 ${read_p50} ms, p99 ${read_p99} ms (200 sequential requests, curl)
 EOF
+if [ ${#stalled[@]} -gt 0 ]; then
+  printf '\nFAILED: %s\n' "${stalled[@]}" >&2
+  exit 1
+fi

@@ -46,4 +46,13 @@ scripts/install-tools.sh subscriber
 # A filtered run (`just test <filter>`) produces too little to ask for every channel.
 every=(); [ $# -gt 0 ] || every=(--require-all)
 PYTHONPATH="$PMCORE_STACK_DIR/pylib" python3 tools/subscriber/read_topics.py --since-ms "$fuzz_since_ms" "${every[@]}" || status=1
+
+# The embedded broker alone (a private tansu, a plain Python consumer group): a group
+# it wedges after a stall must recover in its next generation, as pmcore's consumers
+# move it (docs/decisions/0011); prints `broker: passed` once tansu stops wedging groups.
+if [ $# -eq 0 ] && command -v tansu >/dev/null; then
+  say "the embedded broker after a stall, outside pmcore (tools/broker/pause_repro.py)"
+  PYTHONPATH="$PMCORE_STACK_DIR/pylib" python3 -u tools/broker/pause_repro.py --accept-moved 2>&1 \
+    | grep -v '^%' || status=1
+fi
 exit $status

@@ -169,9 +169,20 @@ pub fn subscribe(
     group: &str,
     physical_topics: &[String],
 ) -> anyhow::Result<StreamConsumer<KafkaContext>> {
+    subscribe_as(config, group, &config.group(group), physical_topics)
+}
+
+/// [`subscribe`] as the physical group id `group_id` (a generation of the logical
+/// `group`, found with [`crate::home::current`]).
+pub fn subscribe_as(
+    config: &KafkaConfig,
+    group: &str,
+    group_id: &str,
+    physical_topics: &[String],
+) -> anyhow::Result<StreamConsumer<KafkaContext>> {
     let consumer: StreamConsumer<KafkaContext> = config
         .client_config()
-        .set("group.id", config.group(group))
+        .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         // Offsets are stored by hand, after the database commit.
@@ -253,17 +264,18 @@ async fn run_once<H: Handler>(
         .collect();
     topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
 
-    let consumer = Arc::new(subscribe(config, &spec.group, &physical)?);
+    let group_id = crate::home::current(config, &spec.group, &physical).await?;
+    let consumer = Arc::new(subscribe_as(config, &spec.group, &group_id, &physical)?);
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     let mut dlq = idempotent_producer(config)?;
     let mut watchdog = Watchdog::new(
         config,
-        &config.group(&spec.group),
+        &group_id,
         &physical,
         config.stall_after(),
         config.health.clone(),
     );
-    tracing::info!(group = %spec.group, topics = ?names, "consumer started");
+    tracing::info!(group = %spec.group, %group_id, topics = ?names, "consumer started");
 
     loop {
         if watchdog.due()
@@ -348,7 +360,8 @@ pub fn close_off_thread(consumer: Arc<StreamConsumer<KafkaContext>>) {
 }
 
 /// Ends this consumer (the caller rebuilds it) when the watchdog finds its group
-/// stuck; offsets stored so far are committed first.
+/// stuck; offsets stored so far are committed first, and the group moves to its next
+/// generation, where the rebuilt consumer goes on from them ([`crate::home`]).
 pub async fn stop_if_stalled(
     watchdog: &mut Watchdog,
     consumer: &Arc<StreamConsumer<KafkaContext>>,
@@ -361,6 +374,9 @@ pub async fn stop_if_stalled(
         // Async: a broker that is slow to answer must not block this thread.
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!(%error, "offset commit before rebuilding");
+        }
+        if let Err(error) = watchdog.move_group().await {
+            tracing::warn!(%group, error = %format!("{error:#}"), "could not move the group; rejoining it");
         }
         anyhow::bail!("consumer group {group} stalled {lag} records behind for {since:?}");
     }

@@ -4,10 +4,12 @@
 //! - [`consumer`]: at-least-once consumption with inbox dedup, retries and dead letters.
 //! - [`topics`]: creates the catalog's topics (with the deployment's prefix).
 //! - [`watchdog`]: finds a consumer group that lags and no longer moves.
+//! - [`home`]: the generation of a group a consumer joins, and moving a stuck one.
 
 mod config;
 pub mod consumer;
 mod context;
+pub mod home;
 pub mod outbox;
 pub mod topics;
 pub mod trace;

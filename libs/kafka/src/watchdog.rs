@@ -78,7 +78,10 @@ struct Position {
 pub struct Watchdog {
     config: KafkaConfig,
     client: Option<Arc<BaseConsumer<KafkaContext>>>,
+    /// The physical group id asked about (a generation, see [`crate::home`]).
     group: String,
+    /// The group's base id: what metrics and readiness name, whatever the generation.
+    label: String,
     topics: Vec<String>,
     stall_after: Duration,
     health: ConsumerHealth,
@@ -111,6 +114,7 @@ impl Watchdog {
             config: config.clone(),
             client: None,
             group: group.to_owned(),
+            label: crate::home::parse(group).0.to_owned(),
             topics: physical_topics.to_vec(),
             stall_after,
             health,
@@ -167,10 +171,10 @@ impl Watchdog {
         self.last = Some(now);
         let since = self.moved_at.elapsed();
         let stalled = now.lag > 0 && since >= self.stall_after;
-        self.health.set(&self.group, now.lag, stalled);
-        metrics::gauge!("pmcore_consumer_group_lag", "group" => self.group.clone())
+        self.health.set(&self.label, now.lag, stalled);
+        metrics::gauge!("pmcore_consumer_group_lag", "group" => self.label.clone())
             .set(now.lag as f64);
-        metrics::gauge!("pmcore_consumer_seconds_since_progress", "group" => self.group.clone())
+        metrics::gauge!("pmcore_consumer_seconds_since_progress", "group" => self.label.clone())
             .set(if now.lag > 0 {
                 since.as_secs_f64()
             } else {
@@ -188,11 +192,17 @@ impl Watchdog {
 
     /// Marks the group as being rebuilt (not stalled until the next check says so).
     pub fn rebuilt(&mut self) {
-        metrics::counter!("pmcore_consumer_rebuilds_total", "group" => self.group.clone())
+        metrics::counter!("pmcore_consumer_rebuilds_total", "group" => self.label.clone())
             .increment(1);
         self.moved_at = Instant::now();
         self.health
-            .set(&self.group, self.last.map_or(0, |l| l.lag), false);
+            .set(&self.label, self.last.map_or(0, |l| l.lag), false);
+    }
+
+    /// Moves the group to its next generation (see [`crate::home`]); the consumer
+    /// rebuilt after this joins it.
+    pub async fn move_group(&self) -> anyhow::Result<String> {
+        crate::home::move_on(&self.config, &self.group, &self.topics).await
     }
 }
 

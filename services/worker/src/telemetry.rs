@@ -132,14 +132,17 @@ async fn run_once(
     let topic = kafka.topic(catalog::TELEMETRY.name);
     let dead_letters = KafkaConfig::dead_letter_topic(&topic, CONSUMER_GROUP);
     topics::ensure(kafka, &[topic.clone(), dead_letters]).await?;
-    let consumer = Arc::new(consumer::subscribe(
+    let group_id =
+        pmcore_kafka::home::current(kafka, CONSUMER_GROUP, std::slice::from_ref(&topic)).await?;
+    let consumer = Arc::new(consumer::subscribe_as(
         kafka,
         CONSUMER_GROUP,
+        &group_id,
         std::slice::from_ref(&topic),
     )?);
     let mut watchdog = Watchdog::new(
         kafka,
-        &kafka.group(CONSUMER_GROUP),
+        &group_id,
         std::slice::from_ref(&topic),
         kafka.stall_after(),
         kafka.health.clone(),

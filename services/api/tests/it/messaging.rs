@@ -499,8 +499,13 @@ async fn scheduling_an_event_notifies_each_participant_once_and_nobody_else() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(scheduled_hooks().len(), 1, "one webhook, not two");
     assert_eq!(scheduled_mails().len(), 1, "one email");
-    // The enrollment's approval, read from the topic's start, came too: once.
-    assert_eq!(of_kind("enrollment.approved")().len(), 1);
+    // The enrollment's approval was decided before the endpoint existed: whether it
+    // reaches the endpoint depends on when messaging read it (subscribers are those
+    // of the moment a message is made), but it never comes twice.
+    assert!(
+        of_kind("enrollment.approved")().len() <= 1,
+        "at most one approval webhook"
+    );
     assert!(receiver.at("outsider").is_empty(), "not broadcast");
     assert!(sink.to("ops@outsider.test").is_empty(), "not broadcast");
     assert!(receiver.at("owner").is_empty(), "the owner's filter holds");

@@ -35,10 +35,15 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn new() -> Self {
+        Self::with_kafka(kafka(&unique_prefix())).await
+    }
+
+    /// On a broker of the test's own (a `PrivateBroker`, to pause or restart).
+    pub(crate) async fn with_kafka(kafka: KafkaConfig) -> Self {
         pmcore_testkit::init_logs();
         Self {
             db: TestDb::new().await.expect("test database"),
-            kafka: kafka(&unique_prefix()),
+            kafka,
         }
     }
 

@@ -145,3 +145,91 @@ async fn the_watchdog_calls_a_group_stuck_when_it_lags_and_does_not_move_and_hea
     assert_eq!(watchdog.check().await, Verdict::Healthy);
     assert!(kafka.health.stalled().is_empty());
 }
+
+#[tokio::test]
+async fn a_stuck_group_moves_to_its_next_generation_with_its_offsets_once() {
+    use pmcore_kafka::home;
+    use rdkafka::{
+        ClientConfig, Offset, TopicPartitionList,
+        consumer::{BaseConsumer, CommitMode, Consumer},
+        util::Timeout,
+    };
+
+    let kafka = pmcore_testkit::kafka(&pmcore_testkit::unique_prefix());
+    let topic = kafka.topic(catalog::PROGRAMS.name);
+    pmcore_kafka::topics::ensure(&kafka, std::slice::from_ref(&topic))
+        .await
+        .expect("topic");
+    let topics = [topic.clone()];
+    let client = |group: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("client")
+    };
+    let commit = |group: &str, offset: i64| {
+        let mut list = TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition_offset(&topic, p, Offset::Offset(offset))
+                .expect("partition");
+        }
+        client(group)
+            .commit(&list, CommitMode::Sync)
+            .expect("commit");
+    };
+    let offsets = |group: &str| -> Vec<Offset> {
+        let mut list = TopicPartitionList::new();
+        for p in 0..3 {
+            list.add_partition(&topic, p);
+        }
+        client(group)
+            .committed_offsets(list, Timeout::After(Duration::from_secs(5)))
+            .expect("committed")
+            .elements()
+            .iter()
+            .map(|e| e.offset())
+            .collect()
+    };
+
+    let base = kafka.group("pmcore-test");
+    assert_eq!(
+        home::current(&kafka, "pmcore-test", &topics)
+            .await
+            .expect("current"),
+        base
+    );
+    commit(&base, 7);
+    let moved = home::move_on(&kafka, &base, &topics).await.expect("moved");
+    assert_eq!(moved, format!("{base}.g1"));
+    assert_eq!(
+        offsets(&moved),
+        vec![Offset::Offset(7); 3],
+        "seeded with the stuck group's offsets"
+    );
+    assert_eq!(
+        home::current(&kafka, "pmcore-test", &topics)
+            .await
+            .expect("current"),
+        moved
+    );
+
+    // The new generation moved on; another instance that saw the same stall late must
+    // join it, not rewind it to the old group's offsets.
+    commit(&moved, 12);
+    let again = home::move_on(&kafka, &base, &topics).await.expect("moved");
+    assert_eq!(again, moved);
+    assert_eq!(offsets(&moved), vec![Offset::Offset(12); 3], "not rewound");
+
+    // And from there, on to the next.
+    let next = home::move_on(&kafka, &moved, &topics).await.expect("moved");
+    assert_eq!(next, format!("{base}.g2"));
+    assert_eq!(offsets(&next), vec![Offset::Offset(12); 3]);
+    assert_eq!(
+        home::current(&kafka, "pmcore-test", &topics)
+            .await
+            .expect("current"),
+        next
+    );
+}
