@@ -126,6 +126,23 @@ fn committed(
 ) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let consumer = client(config, group)?;
     let timeout = Timeout::After(TIMEOUT);
+    let list = consumer.committed_offsets(partitions(&consumer, topics, timeout)?, timeout)?;
+    Ok(list
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some((e.topic().to_owned(), e.partition(), n)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every partition of `topics`, as the broker's metadata lists them.
+pub(crate) fn partitions(
+    consumer: &BaseConsumer<KafkaContext>,
+    topics: &[String],
+    timeout: Timeout,
+) -> rdkafka::error::KafkaResult<TopicPartitionList> {
     let mut partitions = TopicPartitionList::new();
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
@@ -135,15 +152,7 @@ fn committed(
             }
         }
     }
-    let list = consumer.committed_offsets(partitions, timeout)?;
-    Ok(list
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(n) => Some((e.topic().to_owned(), e.partition(), n)),
-            _ => None,
-        })
-        .collect())
+    Ok(partitions)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use rdkafka::{
-    Offset, TopicPartitionList,
+    Offset,
     consumer::{BaseConsumer, Consumer},
     util::Timeout,
 };
@@ -210,15 +210,7 @@ impl Watchdog {
 /// and the sum of committed offsets; None when the broker does not answer in time.
 fn position(consumer: &BaseConsumer<KafkaContext>, topics: &[String]) -> Option<Position> {
     let timeout = Timeout::After(Duration::from_secs(3));
-    let mut partitions = TopicPartitionList::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), timeout).ok()?;
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                partitions.add_partition(t.name(), p.id());
-            }
-        }
-    }
+    let partitions = crate::home::partitions(consumer, topics, timeout).ok()?;
     let committed = consumer.committed_offsets(partitions, timeout).ok()?;
     let mut position = Position {
         lag: 0,
