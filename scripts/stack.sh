@@ -151,6 +151,8 @@ kafka_up() {
     --storage-engine "sqlite://tansu.db" \
     --listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$PMCORE_KAFKA_PORT"
+  # tansu 0.6's schema lacks the index its fetch path needs (docs/decisions/0012).
+  python3 tools/broker/tansu_indexes.py "$S/tansu/tansu.db"
 }
 
 s3_up() {

@@ -91,6 +91,9 @@ pub async fn enqueue<E: DomainEvent>(
 /// publish at a time so records of one key cannot overtake each other. It is held on
 /// a connection that is otherwise idle: no transaction stays open across broker I/O,
 /// so a slow or absent broker never pins vacuum.
+/// Payload bytes one outbox batch holds at most (one row more when a row is larger).
+const BATCH_BYTES: i64 = 8 * 1024 * 1024;
+
 const RELAY_LOCK: i64 = 0x706d_6f75_7462; // "pmoutb"
 
 #[derive(Debug)]
@@ -123,7 +126,7 @@ impl OutboxRelay {
         Self {
             pool,
             config,
-            batch_size: 500,
+            batch_size: 5000,
             idle_wait: Duration::from_millis(100),
         }
     }
@@ -161,7 +164,8 @@ impl OutboxRelay {
                 (Some(conn), Some(p)) => match self.publish_batch(conn, p).await {
                     Ok(done) if done.transient.is_none() => {
                         retry = crate::retry_policy();
-                        if (done.sent + done.parked) as i64 == self.batch_size {
+                        // Something went out: look again at once, more may wait.
+                        if done.sent + done.parked > 0 {
                             continue;
                         }
                         self.idle_wait
@@ -209,10 +213,19 @@ impl OutboxRelay {
         conn: &mut PgConnection,
         producer: &FutureProducer<KafkaContext>,
     ) -> anyhow::Result<Published> {
+        // Up to `batch_size` rows and about `BATCH_BYTES`: the batch is awaited as a
+        // whole, so its size sets how many broker round trips a burst (an event's
+        // 10,000 commands) costs; the byte bound keeps memory small for large events.
         let rows = sqlx::query(
-            "select id, topic, key, headers, payload from pm.outbox order by id limit $1",
+            "select id, topic, key, headers, payload
+               from (select id, topic, key, headers, payload,
+                            sum(octet_length(payload)) over (order by id) as upto
+                       from pm.outbox order by id limit $1) b
+              where upto - octet_length(payload) < $2
+              order by id",
         )
         .bind(self.batch_size)
+        .bind(BATCH_BYTES)
         .fetch_all(&mut *conn)
         .await?;
         let mut pending = Vec::with_capacity(rows.len());

@@ -248,6 +248,13 @@ impl PrivateBroker {
             || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
         )
         .await;
+        // tansu 0.6's schema lacks the index its fetch path needs (docs/decisions/0012).
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/broker/tansu_indexes.py");
+        let status = Command::new("python3")
+            .arg(script)
+            .arg(self.dir.join("tansu.db"))
+            .status()?;
+        anyhow::ensure!(status.success(), "{script} failed: {status}");
         Ok(())
     }
 
