@@ -15,6 +15,9 @@ pub struct Gateway {
     pub id: Uuid,
     pub organization_id: Uuid,
     pub ders: HashSet<Uuid>,
+    /// When the secret this session was opened with was set: the session may act
+    /// only while it is still the gateway's.
+    pub secret_rotated_at: chrono::DateTime<chrono::Utc>,
     ders_loaded_at: Instant,
 }
 
@@ -92,14 +95,15 @@ pub async fn authenticate(
     id: Uuid,
     secret: String,
 ) -> Result<Gateway, AuthError> {
-    let row: Option<(Uuid, String)> =
-        sqlx::query_as("select organization_id, secret_hash from pm.gateway where id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    let (organization_id, hash) = match row {
-        Some((org, hash)) => (Some(org), hash),
-        None => (None, DECOY_HASH.to_owned()),
+    let row: Option<(Uuid, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "select organization_id, secret_hash, secret_rotated_at from pm.gateway where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let (organization_id, hash, secret_rotated_at) = match row {
+        Some((org, hash, at)) => (Some(org), hash, at),
+        None => (None, DECOY_HASH.to_owned(), chrono::DateTime::UNIX_EPOCH),
     };
     let valid = verifier.verify(hash, secret).await?;
     let Some(organization_id) = organization_id.filter(|_| valid) else {
@@ -108,6 +112,7 @@ pub async fn authenticate(
     Ok(Gateway {
         id,
         organization_id,
+        secret_rotated_at,
         ders: load_ders(pool, id).await?,
         ders_loaded_at: Instant::now(),
     })

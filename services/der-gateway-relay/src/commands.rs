@@ -18,10 +18,7 @@ use rdkafka::{message::OwnedHeaders, producer::FutureRecord, util::Timeout};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use uuid::Uuid;
 
-use crate::{
-    hub::{Hub, Wake},
-    protocol::WireCommand,
-};
+use crate::{hub::Hub, protocol::WireCommand};
 
 pub const CONSUMER_GROUP: &str = "pmcore-relay-commands";
 const CHANNEL: &str = "pmcore_der_command";
@@ -159,20 +156,20 @@ pub async fn listen(hub: Arc<Hub>) {
             continue;
         }
         // Anything stored before LISTEN took effect.
-        hub.wake_all(Wake::Commands);
+        hub.wake_all();
         loop {
             tokio::select! {
                 () = hub.cancel.cancelled() => return,
-                _ = sweep.tick() => hub.wake_all(Wake::Commands),
+                _ = sweep.tick() => hub.wake_all(),
                 received = listener.try_recv() => match received {
                     Ok(Some(n)) => {
                         if let Ok(gateway_id) = n.payload().parse() {
-                            hub.wake(gateway_id, Wake::Commands);
+                            hub.wake(gateway_id);
                         }
                     }
                     // The connection dropped and was re-established: notifications
                     // in between are lost, so look everywhere.
-                    Ok(None) => hub.wake_all(Wake::Commands),
+                    Ok(None) => hub.wake_all(),
                     Err(error) => {
                         tracing::warn!(%error, "command listener failed; reconnecting");
                         break;
@@ -242,6 +239,21 @@ pub async fn pending(hub: &Hub, gateway_id: Uuid) -> anyhow::Result<Vec<WireComm
             },
         )
         .collect())
+}
+
+/// Whether the gateway's secret is still the one set at `secret_rotated_at`.
+pub async fn secret_current(
+    pool: &PgPool,
+    gateway_id: Uuid,
+    secret_rotated_at: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let current: Option<bool> =
+        sqlx::query_scalar("select secret_rotated_at = $2 from pm.gateway where id = $1")
+            .bind(gateway_id)
+            .bind(secret_rotated_at)
+            .fetch_optional(pool)
+            .await?;
+    Ok(current == Some(true))
 }
 
 pub async fn mark_delivered(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {

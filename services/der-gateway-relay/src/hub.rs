@@ -10,7 +10,7 @@ use std::{
 use pmcore_kafka::{KafkaConfig, KafkaContext};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -27,23 +27,51 @@ pub struct Limits {
     pub max_verifications: usize,
     /// Hellos per second from one source address, in bursts of ten times that.
     pub hellos_per_second_per_address: u32,
+    /// How long a frame may take to reach the gateway's socket.
+    pub send_timeout: Duration,
 }
 
-/// Why a session is woken from outside its socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
-    /// Commands may be waiting in Postgres.
-    Commands,
-    /// The same gateway opened a newer session on this instance.
-    Replaced,
+/// What a session is told from outside its socket, apart from "commands may be
+/// waiting" (a coalescing wake-up). Kept in a `watch` of its own, so a queue full of
+/// command wake-ups can never drop it, and only ever raised: a later, weaker signal
+/// does not hide a stronger one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Control {
+    #[default]
+    None,
+    /// Rotation notices may have been missed: check the secret against Postgres.
+    CheckSecret,
     /// The gateway's secret was rotated: the session was opened with the old one.
     SecretRotated,
+    /// The same gateway opened a newer session on this instance.
+    Replaced,
+}
+
+/// What a registered session listens to.
+#[derive(Debug)]
+pub struct Signals {
+    /// Commands may be waiting in Postgres.
+    pub commands: mpsc::Receiver<()>,
+    pub control: watch::Receiver<Control>,
 }
 
 #[derive(Debug)]
 struct Entry {
     session_id: Uuid,
-    wake: mpsc::Sender<Wake>,
+    commands: mpsc::Sender<()>,
+    control: watch::Sender<Control>,
+}
+
+impl Entry {
+    fn raise(&self, to: Control) {
+        self.control.send_if_modified(|now| {
+            let raised = to > *now;
+            if raised {
+                *now = to;
+            }
+            raised
+        });
+    }
 }
 
 pub struct Hub {
@@ -98,20 +126,26 @@ impl Hub {
     }
 
     /// Registers a session, telling an older one of the same gateway to close.
-    pub fn register(&self, gateway_id: Uuid, session_id: Uuid) -> mpsc::Receiver<Wake> {
-        let (tx, rx) = mpsc::channel(16);
+    pub fn register(&self, gateway_id: Uuid, session_id: Uuid) -> Signals {
+        // One pending wake-up says all there is to say: commands are re-read whole.
+        let (commands, commands_rx) = mpsc::channel(1);
+        let (control, control_rx) = watch::channel(Control::None);
         let old = self.lock().insert(
             gateway_id,
             Entry {
                 session_id,
-                wake: tx,
+                commands,
+                control,
             },
         );
         if let Some(old) = old {
-            let _ = old.wake.try_send(Wake::Replaced);
+            old.raise(Control::Replaced);
         }
         metrics::gauge!("pmcore_relay_sessions").set(self.lock().len() as f64);
-        rx
+        Signals {
+            commands: commands_rx,
+            control: control_rx,
+        }
     }
 
     pub fn unregister(&self, gateway_id: Uuid, session_id: Uuid) {
@@ -125,17 +159,30 @@ impl Hub {
         metrics::gauge!("pmcore_relay_sessions").set(sessions.len() as f64);
     }
 
-    /// Wakes the gateway's session if it is connected here. A full queue already
-    /// holds a wake-up, which is as good as another.
-    pub fn wake(&self, gateway_id: Uuid, why: Wake) {
+    /// Tells the gateway's session, if it is connected here, that commands may be
+    /// waiting. A full queue already holds a wake-up, which is as good as another.
+    pub fn wake(&self, gateway_id: Uuid) {
         if let Some(entry) = self.lock().get(&gateway_id) {
-            let _ = entry.wake.try_send(why);
+            let _ = entry.commands.try_send(());
         }
     }
 
-    pub fn wake_all(&self, why: Wake) {
+    pub fn wake_all(&self) {
         for entry in self.lock().values() {
-            let _ = entry.wake.try_send(why);
+            let _ = entry.commands.try_send(());
+        }
+    }
+
+    /// Raises the gateway's session's control signal, if it is connected here.
+    pub fn control(&self, gateway_id: Uuid, to: Control) {
+        if let Some(entry) = self.lock().get(&gateway_id) {
+            entry.raise(to);
+        }
+    }
+
+    pub fn control_all(&self, to: Control) {
+        for entry in self.lock().values() {
+            entry.raise(to);
         }
     }
 

@@ -90,6 +90,15 @@ pub struct Config {
     )]
     pub hellos_per_second_per_address: u32,
 
+    /// Seconds a frame may take to reach a gateway's socket; a gateway that stops
+    /// reading has its session ended after that, rather than holding it open.
+    #[arg(
+        long = "send-timeout-s",
+        env = "PMCORE_RELAY_SEND_TIMEOUT_S",
+        default_value_t = 10
+    )]
+    pub send_timeout_s: u64,
+
     #[command(flatten)]
     pub database: DbConfig,
 
@@ -144,6 +153,7 @@ impl Service for App {
                 n => n,
             },
             hellos_per_second_per_address: self.config.hellos_per_second_per_address,
+            send_timeout: Duration::from_secs(self.config.send_timeout_s.max(1)),
         };
         let producer = telemetry_producer(&self.platform.kafka)?;
         let hub = Hub::new(
@@ -169,6 +179,18 @@ impl Service for App {
         );
         let listener = commands::listen(hub.clone());
         let rotations = rotations::watch(hub.clone(), rotations_ready);
+        let forget = {
+            let (hub, cancel) = (hub.clone(), cancel.clone());
+            // Every address that ever connected is a key of the hello limiter.
+            async move {
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(60)) => hub.hellos.retain_recent(),
+                    }
+                }
+            }
+        };
         let routes = Router::new()
             .route("/v1/gateway", get(upgrade))
             .with_state(hub);
@@ -180,6 +202,7 @@ impl Service for App {
                 task(store_commands),
                 task(listener),
                 task(rotations),
+                task(forget),
                 self.platform.serve(routes, readiness, cancel),
             ],
         )

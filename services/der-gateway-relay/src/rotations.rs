@@ -2,8 +2,10 @@
 //!
 //! Every relay instance must see every rotation, so this reader is in no consumer
 //! group: it assigns itself every partition of `pm.gateways.v1` from the end and
-//! commits nothing. A rotation missed while the reader reconnects leaves a session
-//! open until its gateway reconnects, when the new secret is required anyway.
+//! commits nothing. The notice only ends sessions early: whether or not it arrives,
+//! a session checks its secret against Postgres before it delivers a command or
+//! accepts an acknowledgement, and after this reader restarts (it may have missed
+//! notices) every session checks once.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +18,7 @@ use rdkafka::{
     util::Timeout,
 };
 
-use crate::hub::{Hub, Wake};
+use crate::hub::{Control, Hub};
 
 pub async fn watch(hub: Arc<Hub>, ready: Step) {
     while !hub.cancel.is_cancelled() {
@@ -64,6 +66,9 @@ async fn run_once(hub: &Hub, ready: &Step) -> anyhow::Result<()> {
     }
     consumer.assign(&assignment)?;
     ready.done();
+    // Rotations published while this reader was away were not seen: every session
+    // checks its secret against Postgres once.
+    hub.control_all(Control::CheckSecret);
     tracing::debug!(%topic, "rotation reader assigned");
     loop {
         let message = tokio::select! {
@@ -81,7 +86,7 @@ async fn run_once(hub: &Hub, ready: &Step) -> anyhow::Result<()> {
             && let Ok(gateway_id) = rotated.gateway_id.parse()
         {
             tracing::info!(%gateway_id, "secret rotated; ending its session here if any");
-            hub.wake(gateway_id, Wake::SecretRotated);
+            hub.control(gateway_id, Control::SecretRotated);
         }
     }
 }

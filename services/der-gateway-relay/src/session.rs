@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::{
     auth::{self, AuthError, Gateway},
     commands,
-    hub::{Hub, Wake},
+    hub::{Control, Hub, Signals},
     presence,
     protocol::{self, AckStatus, ErrorCode, GatewayFrame, RelayFrame, WireReading, close},
     telemetry,
@@ -41,6 +41,11 @@ struct Ending {
     code: Option<u16>,
     reason: &'static str,
 }
+
+const SECRET_ROTATED: Ending = Ending {
+    code: Some(close::POLICY),
+    reason: "secret_rotated",
+};
 
 pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
@@ -127,7 +132,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         .await;
         return;
     }
-    let wake = hub.register(gateway.id, session_id);
+    let signals = hub.register(gateway.id, session_id);
     tracing::info!(%gateway_id, %session_id, ders = gateway.ders.len(), "gateway connected");
     let mut session = Session {
         hub: hub.clone(),
@@ -141,9 +146,13 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         last_seen_recorded: Instant::now(),
         in_flight: FuturesOrdered::new(),
     };
-    let ending = session.serve(&mut stream, wake, &claimed).await;
+    let ending = session.serve(&mut stream, signals, &claimed).await;
     if let Some(code) = ending.code {
-        let _ = send_close(&mut session.sink, code, ending.reason).await;
+        let _ = tokio::time::timeout(
+            hub.limits.send_timeout,
+            send_close(&mut session.sink, code, ending.reason),
+        )
+        .await;
     }
     hub.unregister(session.gateway.id, session_id);
     if let Err(error) =
@@ -178,7 +187,7 @@ impl Session {
     async fn serve(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        mut wake: tokio::sync::mpsc::Receiver<Wake>,
+        mut signals: Signals,
         claimed: &[Uuid],
     ) -> Ending {
         let timeout = self.hub.limits.heartbeat_timeout;
@@ -201,11 +210,15 @@ impl Session {
                 reason: "connection_lost",
             };
         }
-        if self.deliver_commands().await.is_err() {
-            return Ending {
-                code: None,
-                reason: "connection_lost",
-            };
+        match self.deliver_commands().await {
+            Ok(None) => {}
+            Ok(Some(ending)) => return ending,
+            Err(()) => {
+                return Ending {
+                    code: None,
+                    reason: "connection_lost",
+                };
+            }
         }
         let mut tick = tokio::time::interval((timeout / 3).max(Duration::from_millis(100)));
         tick.reset();
@@ -216,19 +229,29 @@ impl Session {
                     self.drain().await;
                     return Ending { code: Some(close::GOING_AWAY), reason: "relay_shutdown" };
                 }
-                Some(why) = wake.recv() => match why {
-                    Wake::Commands => if self.deliver_commands().await.is_err() {
-                        return Ending { code: None, reason: "connection_lost" };
-                    },
-                    Wake::Replaced => {
-                        self.drain().await;
-                        return Ending { code: Some(close::POLICY), reason: "replaced_by_new_session" };
-                    }
-                    Wake::SecretRotated => {
-                        self.drain().await;
-                        return Ending { code: Some(close::POLICY), reason: "secret_rotated" };
-                    }
+                Some(()) = signals.commands.recv() => match self.deliver_commands().await {
+                    Ok(None) => {}
+                    Ok(Some(ending)) => return ending,
+                    Err(()) => return Ending { code: None, reason: "connection_lost" },
                 },
+                Ok(()) = signals.control.changed() => {
+                    let control = *signals.control.borrow_and_update();
+                    match control {
+                        Control::None => {}
+                        Control::CheckSecret => match self.secret_current().await {
+                            Ok(true) | Err(()) => {}
+                            Ok(false) => return SECRET_ROTATED,
+                        },
+                        Control::SecretRotated => {
+                            self.drain().await;
+                            return SECRET_ROTATED;
+                        }
+                        Control::Replaced => {
+                            self.drain().await;
+                            return Ending { code: Some(close::POLICY), reason: "replaced_by_new_session" };
+                        }
+                    }
+                }
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     if self.acknowledge(done).await.is_err() {
                         return Ending { code: None, reason: "connection_lost" };
@@ -414,6 +437,11 @@ impl Session {
         status: AckStatus,
         reason: Option<String>,
     ) -> Result<Option<Ending>, ()> {
+        // A session opened with a secret rotated since acknowledges nothing, whether
+        // or not this instance heard of the rotation.
+        if !self.secret_current().await.unwrap_or(false) {
+            return Ok(Some(SECRET_ROTATED));
+        }
         let der_id = match commands::der_of(&self.hub.pool, self.gateway.id, command_id).await {
             Ok(Some(der)) => der,
             Ok(None) => {
@@ -457,13 +485,38 @@ impl Session {
         .map(|()| None)
     }
 
-    async fn deliver_commands(&mut self) -> Result<(), ()> {
+    /// Whether the secret this session was opened with is still the gateway's.
+    /// `Err` when Postgres cannot say.
+    /// (Owns what it needs, so no borrow of the session, which is not `Sync`, is
+    /// held across the query.)
+    fn secret_current(&self) -> impl Future<Output = Result<bool, ()>> + Send + 'static {
+        let (pool, id, set_at) = (
+            self.hub.pool.clone(),
+            self.gateway.id,
+            self.gateway.secret_rotated_at,
+        );
+        async move {
+            commands::secret_current(&pool, id, set_at)
+                .await
+                .map_err(|error| tracing::warn!(%error, "cannot check the gateway's secret"))
+        }
+    }
+
+    /// Sends the gateway's pending commands; `Ok(Some)` ends the session.
+    async fn deliver_commands(&mut self) -> Result<Option<Ending>, ()> {
+        // Checked before each delivery rather than trusted to the rotation notice,
+        // which another instance's session may not have received yet.
+        match self.secret_current().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Some(SECRET_ROTATED)),
+            // The periodic sweep tries again.
+            Err(()) => return Ok(None),
+        }
         let pending = match commands::pending(&self.hub, self.gateway.id).await {
             Ok(p) => p,
             Err(error) => {
-                // The periodic sweep tries again.
                 tracing::warn!(error = %format!("{error:#}"), "cannot load pending commands");
-                return Ok(());
+                return Ok(None);
             }
         };
         let mut delivered = Vec::new();
@@ -483,7 +536,7 @@ impl Session {
                 tracing::warn!(%error, "cannot record command delivery");
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Answers a bad frame with an error; too many of them end the session.
@@ -513,8 +566,24 @@ impl Session {
         Ok(None)
     }
 
+    /// Sends a frame, giving up (and so ending the session) when the gateway does not
+    /// take it in time: a gateway that stops reading must not hold its session, and
+    /// the commands waiting for it, forever.
     async fn send(&mut self, frame: &RelayFrame) -> Result<(), ()> {
-        send_frame(&mut self.sink, frame).await
+        match tokio::time::timeout(
+            self.hub.limits.send_timeout,
+            send_frame(&mut self.sink, frame),
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(_) => {
+                metrics::counter!("pmcore_relay_rejected_total", "code" => "send_timeout")
+                    .increment(1);
+                tracing::warn!(gateway_id = %self.gateway.id, "the gateway stopped reading; ending its session");
+                Err(())
+            }
+        }
     }
 }
 
@@ -539,8 +608,12 @@ async fn refuse(sink: &mut Sink, code: ErrorCode, message: &str) {
         batch_id: None,
         command_id: None,
     };
-    let _ = send_frame(sink, &frame).await;
-    let _ = send_close(sink, close::POLICY, message).await;
+    // Bounded: a client that sent a bad hello and stopped reading gets no more time.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = send_frame(sink, &frame).await;
+        let _ = send_close(sink, close::POLICY, message).await;
+    })
+    .await;
 }
 
 async fn send_close(sink: &mut Sink, code: u16, reason: &str) -> Result<(), axum::Error> {

@@ -59,6 +59,7 @@ impl Env {
             heartbeat_timeout_s: 30,
             max_verifications: 0,
             hellos_per_second_per_address: 50,
+            send_timeout_s: 10,
             database: self.db.config_for("relay"),
             kafka: self.kafka.clone(),
         };

@@ -5,6 +5,7 @@ mod broker_pause;
 mod commands;
 mod dispatch;
 mod helpers;
+mod liveness;
 mod pipeline;
 mod sessions;
 mod settlement;
