@@ -95,8 +95,17 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 [ -n "$export_json" ] || { say "the audit log exported nothing; see $PMCORE_STACK_DIR/audit-fuzz.log"; exit 1; }
+export_id=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["id"])' "$export_json")
+url=""
+for _ in $(seq 1 120); do # the export is written in the background
+  url=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$audit_port/v1/audit/exports/$export_id" \
+    | python3 -c 'import json, sys; e = json.load(sys.stdin); print(e["url"] or "") if e["status"] != "failed" else sys.exit(e["error"])') || exit 1
+  [ -n "$url" ] && break
+  sleep 0.5
+done
+[ -n "$url" ] || { say "export $export_id was not written in 60 s"; exit 1; }
 file="$PMCORE_STACK_DIR/audit-export.jsonl"
-curl -fsS -o "$file" "$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["url"])' "$export_json")"
+curl -fsS -o "$file" "$url"
 vkey=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$audit_port/v1/audit/checkpoint/key" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["verifier_key"])')
 PYTHONPATH="$lib" python3 tools/audit/verify_export.py "$file" "$vkey"

@@ -249,7 +249,10 @@ impl PrivateBroker {
         )
         .await;
         // tansu 0.6's schema lacks the index its fetch path needs (docs/decisions/0012).
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/broker/tansu_indexes.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tools/broker/tansu_indexes.py"
+        );
         let status = Command::new("python3")
             .arg(script)
             .arg(self.dir.join("tansu.db"))

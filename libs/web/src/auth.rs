@@ -176,8 +176,24 @@ pub fn peer(parts: &Parts) -> String {
         .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
 }
 
+/// A bearer token's principal: our own tokens are HS256; anything else can only come
+/// from the OIDC provider, when one is configured.
+pub async fn authenticate(
+    token: &str,
+    tokens: &crate::tokens::Tokens,
+    oidc: Option<&crate::oidc::Oidc>,
+) -> Result<Principal, ApiError> {
+    let ours = jsonwebtoken::decode_header(token)
+        .map(|h| h.alg == jsonwebtoken::Algorithm::HS256)
+        .unwrap_or(true);
+    match (oidc, ours) {
+        (Some(oidc), false) => oidc.verify(token).await,
+        _ => tokens.verify(token),
+    }
+}
+
 /// Authenticates a request to a service that verifies the api's tokens but does not
-/// issue them (the audit log, messaging): a valid token of a client that is not
+/// issue them (the audit log, messaging): a valid token (the api's, or the OIDC provider's) of a client that is not
 /// disabled, within its rate limit. Refusals are limited per source address, so
 /// guessing tokens is throttled like any other client.
 pub async fn verify_request(
@@ -185,8 +201,13 @@ pub async fn verify_request(
     tokens: &crate::tokens::Tokens,
     limits: &crate::limits::Limits,
     pool: &sqlx::PgPool,
+    oidc: Option<&crate::oidc::Oidc>,
 ) -> Result<Principal, ApiError> {
-    let principal = match bearer(parts).and_then(|t| tokens.verify(t)) {
+    let verified = match bearer(parts) {
+        Ok(token) => authenticate(token, tokens, oidc).await,
+        Err(refusal) => Err(refusal),
+    };
+    let principal = match verified {
         Ok(p) => p,
         Err(refusal) => {
             limits.check(&format!("anonymous:{}", peer(parts)))?;

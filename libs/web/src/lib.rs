@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod oidc;
 pub mod openapi;
 pub mod pagination;
 pub mod tokens;

@@ -41,6 +41,20 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.limiter.retain_recent();
     }
+
+    /// Forgets idle keys every minute until cancelled: every source address that
+    /// sent one refused request is a key, and they must not pile up.
+    pub async fn forget_idle_until(
+        self: std::sync::Arc<Self>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(60)) => self.forget_idle(),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

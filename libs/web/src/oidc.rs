@@ -1,6 +1,7 @@
 //! Tokens from an external OIDC provider: verified against the provider's JWKS
 //! (fetched over HTTPS, cached, refreshed when an unknown key id appears), then mapped
-//! to a pmcore organization and roles through two claims.
+//! to a pmcore organization and roles through two claims. The api, the audit log and
+//! messaging accept the same provider's tokens.
 
 use std::{
     collections::HashMap,
@@ -13,8 +14,10 @@ use sqlx::PgPool;
 use tokio::sync::RwLock;
 use uuid::Uuid;
 
-use super::{OrganizationKind, Principal, Role, UTILITY_ROLES};
-use crate::error::ApiError;
+use crate::{
+    auth::{OrganizationKind, Principal, Role, UTILITY_ROLES},
+    error::ApiError,
+};
 
 /// Fetch the key set at most this often when tokens name unknown keys.
 const MIN_REFRESH: Duration = Duration::from_secs(30);

@@ -23,7 +23,7 @@ use axum::Router;
 use backon::{ExponentialBuilder, Retryable};
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
-use pmcore_runtime::{Platform, Service, supervise};
+use pmcore_runtime::{Platform, Service, supervise, task};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -116,7 +116,7 @@ pub struct Config {
     pub refused_logins_interval_s: u64,
 
     #[command(flatten)]
-    pub oidc: auth::oidc::OidcConfig,
+    pub oidc: pmcore_web::oidc::OidcConfig,
 
     #[command(flatten)]
     pub database: DbConfig,
@@ -143,7 +143,7 @@ impl Config {
             bootstrap_client_secret: None,
             bootstrap_secret_file: "pmcore-bootstrap-admin.json".into(),
             refused_logins_interval_s: 60,
-            oidc: auth::oidc::OidcConfig::disabled(),
+            oidc: pmcore_web::oidc::OidcConfig::disabled(),
             database,
             kafka,
             s3: pmcore_storage::S3Config::default(),
@@ -208,7 +208,7 @@ impl Service for App {
                 Duration::from_secs(config.token_ttl_secs),
             )),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
-            oidc: auth::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
+            oidc: pmcore_web::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
             disabled: Arc::new(state::DisabledClients::default()),
             refusals: Arc::default(),
             reports: state::Reports {
@@ -228,7 +228,7 @@ impl Service for App {
         let readiness = self.platform.readiness();
         let router = self.router();
         let bootstrap = bootstrap(self.state.clone(), self.config.clone(), cancel.clone());
-        let housekeeping = housekeeping(self.state.limits.clone(), cancel.clone());
+        let housekeeping = self.state.limits.clone().forget_idle_until(cancel.clone());
         let disabled = watch_disabled(self.state.clone(), cancel.clone());
         let refusals = auth::refusals::run(
             self.state.refusals.clone(),
@@ -242,7 +242,7 @@ impl Service for App {
                 self.platform.prepare_topics(cancel.clone()),
                 self.platform.outbox_relay(cancel.clone()),
                 Box::pin(bootstrap),
-                Box::pin(housekeeping),
+                task(housekeeping),
                 Box::pin(disabled),
                 Box::pin(async move {
                     refusals.await;
@@ -285,15 +285,6 @@ async fn watch_disabled(state: AppState, cancel: CancellationToken) -> anyhow::R
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
-}
-
-async fn housekeeping(limits: Arc<Limits>, cancel: CancellationToken) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_secs(60)) => limits.forget_idle(),
         }
     }
 }

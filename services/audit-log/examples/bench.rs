@@ -1,16 +1,17 @@
 //! `just bench-audit`: the audit log at scale, on the running stack.
 //!
-//! 1. Appends `PMCORE_BENCH_ENTRIES` (1,000,000) entries to a fresh database in
-//!    batches of 500, through the code the consumer runs per batch, and times it
-//!    (progress every 10 s).
+//! 1. Produces `PMCORE_BENCH_ENTRIES` (1,000,000) domain events to their topic on the
+//!    running broker while the audit log's consumer appends them to a fresh
+//!    database, and times both (progress every 10 s).
 //! 2. The size on disk per entry (entries, leaves, tree hashes, their indexes).
 //! 3. Signs a checkpoint, then times 1,000 inclusion proofs of random entries and
 //!    1,000 consistency proofs between random sizes through the HTTP API: p50, p99.
 //! 4. Verifies the whole log once and times it.
+//! 5. Exports the whole log (a job, uploaded in parts), downloads it and checks it
+//!    offline line by line, and times both.
 
 use std::time::{Duration, Instant};
 
-use pmcore_audit_log::store::NewEntry;
 use pmcore_db::DbConfig;
 use pmcore_kafka::KafkaConfig;
 use pmcore_runtime::Service;
@@ -63,53 +64,60 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     eprintln!("[bench] database pmcore_bench_audit migrated");
-    // The append path the consumer runs per batch (one transaction, the append lock,
-    // entries, leaves, tree hashes), fed directly: through tansu the consumer group
-    // never got its assignment at this volume (issues 15 and 16), and the broker is
-    // not what this measures.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&db_url)
-        .await?;
-    let organization = Uuid::now_v7();
-    let batch = 500u64;
+    let kafka = KafkaConfig::new(&brokers, &format!("bencha{}.", Uuid::now_v7().simple()));
+    let config = pmcore_audit_log::Config {
+        jwt_secret: Some(SECRET.to_owned().into()),
+        checkpoint_interval_s: 3600,
+        rate_per_second: 1_000_000,
+        rate_burst: 1_000_000,
+        group: format!("bench-audit-{}", Uuid::now_v7().simple()),
+        ..pmcore_audit_log::Config::new(([127, 0, 0, 1], 0).into(), database, kafka.clone())
+    };
+    let app = pmcore_audit_log::App::build(config).await?;
+    let addr = app.local_addr()?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let service = tokio::spawn(app.run(cancel.clone()));
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    let http = reqwest::Client::new();
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The path the trail takes in production: domain events on their topic (what the
+    // services' outboxes write), read by the audit log's consumer group and appended
+    // in batches. Producing runs alongside, as the services would.
+    let mut conn = PgConnection::connect(&db_url).await?;
     let started = Instant::now();
+    let producing = tokio::spawn(produce(kafka, n));
     let mut last_report = Instant::now();
-    let mut done = 0u64;
-    while done < n {
-        let size = batch.min(n - done);
-        let entries: Vec<NewEntry> = (done..done + size)
-            .map(|i| NewEntry {
-                event_id: Uuid::now_v7(),
-                event_type: "pmcore.der.registered.v1".into(),
-                source: "api".into(),
-                subject: Uuid::now_v7().to_string(),
-                principal: Some("client:0195f3a0-0000-7000-8000-0000000000c1".into()),
-                occurred_at: chrono::Utc::now(),
-                topic: "pm.ders.v1".into(),
-                payload: serde_json::json!({
-                    "der_id": Uuid::now_v7(), "organization_id": organization,
-                    "der_type": "battery", "nameplate_kw": 5.0, "nameplate_kwh": 13.5,
-                    "external_id": format!("m-{i}"), "feeder": "F-01", "substation": "S-1",
-                    "gateway_id": null, "registered_at": 1_782_000_000_000_000i64,
-                }),
-            })
-            .collect();
-        let mut tx = pool.begin().await?;
-        pmcore_audit_log::store::append(&mut tx, &entries).await?;
-        tx.commit().await?;
-        done += size;
+    loop {
+        let done: i64 = sqlx::query_scalar("select count(*) from audit.leaf")
+            .fetch_one(&mut conn)
+            .await?;
+        if done as u64 >= n {
+            break;
+        }
+        anyhow::ensure!(
+            !service.is_finished(),
+            "the audit log stopped after {done} entries"
+        );
         if last_report.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "[bench] appended {done} in {:.0} s ({:.0}/s)",
+                "[bench] {done} in the log after {:.0} s ({:.0}/s)",
                 started.elapsed().as_secs_f64(),
                 done as f64 / started.elapsed().as_secs_f64()
             );
             last_report = Instant::now();
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let produce_s = producing.await??;
     let append_s = started.elapsed().as_secs_f64();
-    let mut conn = PgConnection::connect(&db_url).await?;
     sqlx::query("vacuum analyze audit.entry, audit.leaf, audit.tree_hash")
         .execute(&mut conn)
         .await?;
@@ -120,22 +128,6 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&mut conn)
     .await?;
 
-    let config = pmcore_audit_log::Config {
-        jwt_secret: Some(SECRET.to_owned().into()),
-        checkpoint_interval_s: 3600,
-        rate_per_second: 1_000_000,
-        rate_burst: 1_000_000,
-        group: format!("bench-audit-{}", Uuid::now_v7().simple()),
-        ..pmcore_audit_log::Config::new(
-            ([127, 0, 0, 1], 0).into(),
-            database,
-            KafkaConfig::new(&brokers, &format!("bencha{}.", Uuid::now_v7().simple())),
-        )
-    };
-    let app = pmcore_audit_log::App::build(config).await?;
-    let addr = app.local_addr()?;
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let service = tokio::spawn(app.run(cancel.clone()));
     let tokens = pmcore_web::tokens::Tokens::new(SECRET.as_bytes(), Duration::from_secs(3600));
     let token = tokens.issue(&Principal {
         subject: "client:bench".into(),
@@ -143,8 +135,6 @@ async fn main() -> anyhow::Result<()> {
         organization_kind: OrganizationKind::Utility,
         roles: vec![Role::Auditor],
     })?;
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{}", addr.port());
     http.post(format!("{base}/v1/audit/checkpoint"))
         .bearer_auth(&token)
         .send()
@@ -182,13 +172,81 @@ async fn main() -> anyhow::Result<()> {
         .json()
         .await?;
     let verify_s = t.elapsed().as_secs_f64();
+
+    // The whole log exported (a background job, uploaded in parts), then downloaded and
+    // checked offline line by line, as an auditor would with `audit-tool verify`.
+    let t = Instant::now();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/audit/exports"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let export = loop {
+        let e: serde_json::Value = http
+            .get(format!("{base}/v1/audit/exports/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match e["status"].as_str() {
+            Some("done") => break e,
+            Some("failed") => anyhow::bail!("export failed: {e}"),
+            _ => {}
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!("[bench] export: {} entries written", e["entries"]);
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let export_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let path = std::env::temp_dir().join(format!("pmcore-bench-export-{id}.jsonl"));
+    let mut response = http
+        .get(export["url"].as_str().unwrap_or_default())
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&path).await?);
+    while let Some(chunk) = response.chunk().await? {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await?;
+    let export_bytes = tokio::fs::metadata(&path).await?.len();
+    let key: serde_json::Value = http
+        .get(format!("{base}/v1/audit/checkpoint/key"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let vkey = key["verifier_key"].as_str().unwrap_or_default().to_owned();
+    let check_path = path.clone();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let reader = std::io::BufReader::new(std::fs::File::open(&check_path)?);
+        let lines = std::io::BufRead::lines(reader).map_while(Result::ok);
+        Ok(pmcore_audit_log::log::bundle::check_lines(lines, &vkey))
+    })
+    .await??;
+    let check_s = t.elapsed().as_secs_f64();
+    let _ = tokio::fs::remove_file(&path).await;
     cancel.cancel();
     let _ = service.await;
 
     println!();
     println!("entries                 {n}");
     println!(
-        "append (batches of 500) {append_s:.1} s, {:.0} entries/s",
+        "produced to the topic   {produce_s:.1} s, {:.0} events/s (the platform's producer)",
+        n as f64 / produce_s
+    );
+    println!(
+        "appended from the topic {append_s:.1} s, {:.0} entries/s (first record produced to last entry committed)",
         n as f64 / append_s
     );
     println!(
@@ -210,5 +268,61 @@ async fn main() -> anyhow::Result<()> {
         "verify (whole log)      {verify_s:.1} s, ok = {}",
         verified["ok"]
     );
+    println!(
+        "export (whole log)      {export_s:.1} s to write {:.0} MB in parts; download and offline check {check_s:.1} s, ok = {} ({} entries)",
+        export_bytes as f64 / 1e6,
+        report.ok,
+        report.entries_checked
+    );
     Ok(())
+}
+
+/// Produces `n` `der.registered` events (Avro, CloudEvents headers) with the
+/// platform's producer; the seconds it took until the broker acknowledged the last.
+async fn produce(kafka: KafkaConfig, n: u64) -> anyhow::Result<f64> {
+    use pmcore_events::{avro, domain::DerRegistered, envelope::Envelope};
+    use rdkafka::producer::FutureRecord;
+    let producer = pmcore_kafka::idempotent_producer(&kafka)?;
+    let topic = kafka.topic(pmcore_events::catalog::DER_REGISTERED.topic.name);
+    let organization = Uuid::now_v7().to_string();
+    let started = Instant::now();
+    let mut in_flight = Vec::with_capacity(10_000);
+    for i in 0..n {
+        let event = DerRegistered {
+            der_id: Uuid::now_v7().to_string(),
+            organization_id: organization.clone(),
+            gateway_id: None,
+            external_id: Some(format!("m-{i}")),
+            der_type: "battery".into(),
+            nameplate_kw: 5.0,
+            nameplate_kwh: Some(13.5),
+            feeder: Some("F-01".into()),
+            substation: Some("S-1".into()),
+            registered_at: 1_782_000_000_000_000,
+        };
+        let envelope = Envelope::for_event(
+            &event,
+            "api",
+            Some("client:0195f3a0-0000-7000-8000-0000000000c1".into()),
+        );
+        let payload = avro::encode(&event)?;
+        let headers = pmcore_kafka::record_headers(envelope.to_headers());
+        let record = FutureRecord::to(&topic)
+            .key(&envelope.subject)
+            .payload(&payload)
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(delivery) => in_flight.push(delivery),
+            Err((error, _)) => anyhow::bail!("enqueueing event {i}: {error}"),
+        }
+        if in_flight.len() == 10_000 {
+            for delivery in futures::future::join_all(in_flight.drain(..)).await {
+                delivery?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for delivery in futures::future::join_all(in_flight).await {
+        delivery?.map_err(|(e, _)| e)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }

@@ -96,11 +96,24 @@ pub struct Config {
     )]
     pub rate_burst: u32,
 
+    /// An external OIDC provider whose tokens the audit API accepts, as the api does.
+    #[command(flatten)]
+    pub oidc: pmcore_web::oidc::OidcConfig,
+
     #[command(flatten)]
     pub database: DbConfig,
 
     #[command(flatten)]
     pub kafka: KafkaConfig,
+
+    /// Bytes per part of an export's upload (at least 5 MiB: S3's smallest part).
+    #[arg(
+        long = "export-part-bytes",
+        env = "PMCORE_AUDIT_LOG_EXPORT_PART_BYTES",
+        default_value_t = 8 * 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(5 * 1024 * 1024..=1024 * 1024 * 1024)
+    )]
+    pub export_part_bytes: u64,
 
     /// The reports bucket, where exports go.
     #[command(flatten)]
@@ -119,6 +132,8 @@ impl Config {
             jwt_secret: None,
             rate_per_second: 200,
             rate_burst: 400,
+            oidc: pmcore_web::oidc::OidcConfig::disabled(),
+            export_part_bytes: 8 * 1024 * 1024,
             database,
             kafka,
             s3: pmcore_storage::S3Config::default(),
@@ -191,12 +206,14 @@ impl Service for App {
             // Verification only: the lifetime is the issuer's business.
             tokens: Arc::new(Tokens::new(&jwt, Duration::from_secs(3600))),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
+            oidc: pmcore_web::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
             signer: Arc::new(signer),
             storage: http::Storage {
                 client: pmcore_storage::client(&config.s3),
                 links: pmcore_storage::link_client(&config.s3),
                 bucket: config.s3.reports_bucket.clone(),
             },
+            exports: Arc::new(tokio::sync::Notify::new()),
         };
         Ok(Self {
             config,
@@ -230,6 +247,13 @@ impl Service for App {
             Duration::from_secs(self.config.checkpoint_interval_s.max(1)),
             cancel.clone(),
         );
+        let exports = export::Runner {
+            pool: self.platform.pool.clone(),
+            storage: self.state.storage.clone(),
+            part_bytes: usize::try_from(self.config.export_part_bytes)?,
+            wake: self.state.exports.clone(),
+        }
+        .run(cancel.clone());
         let readiness = self.platform.readiness();
         let router = self.router();
         supervise(
@@ -238,6 +262,8 @@ impl Service for App {
                 self.platform.prepare_topics(cancel.clone()),
                 task(consume),
                 task(checkpoints),
+                task(self.state.limits.clone().forget_idle_until(cancel.clone())),
+                task(exports),
                 self.platform.serve(router, readiness, cancel),
             ],
         )

@@ -150,6 +150,10 @@ pub struct Config {
     )]
     pub rate_burst: u32,
 
+    /// An external OIDC provider whose tokens the messaging API accepts, as the api does.
+    #[command(flatten)]
+    pub oidc: pmcore_web::oidc::OidcConfig,
+
     #[command(flatten)]
     pub database: DbConfig,
 
@@ -175,6 +179,7 @@ impl Config {
             disable_after_hours: 120,
             rate_per_second: 100,
             rate_burst: 200,
+            oidc: pmcore_web::oidc::OidcConfig::disabled(),
             database,
             kafka,
         }
@@ -233,6 +238,7 @@ impl App {
             // Verification only: the lifetime is the issuer's business.
             tokens: Arc::new(Tokens::new(&jwt, Duration::from_secs(3600))),
             limits: Arc::new(Limits::new(config.rate_per_second, config.rate_burst)),
+            oidc: pmcore_web::oidc::Oidc::new(&config.oidc, platform.pool.clone())?.map(Arc::new),
             secrets: secrets.clone(),
             clock: clock.clone(),
             allow_private: config.allow_private_targets,
@@ -323,6 +329,7 @@ impl Service for App {
                 self.platform.prepare_topics(cancel.clone()),
                 task(consume),
                 task(send),
+                task(self.state.limits.clone().forget_idle_until(cancel.clone())),
                 self.platform.serve(router, readiness, cancel),
             ],
         )

@@ -3,7 +3,6 @@
 
 mod bootstrap;
 pub mod endpoint;
-pub mod oidc;
 pub mod refusals;
 pub mod secrets;
 
@@ -11,7 +10,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 pub use bootstrap::ensure_bootstrap_client;
 pub use pmcore_web::{
     auth::{OrganizationKind, Principal, Role, UTILITY_ROLES, peer},
-    tokens,
+    oidc, tokens,
 };
 
 use crate::{error::ApiError, state::AppState};
@@ -47,12 +46,5 @@ impl FromRequestParts<AppState> for Principal {
 
 async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = pmcore_web::auth::bearer(parts)?;
-    // Our own tokens are HS256; anything else can only come from the OIDC provider.
-    let ours = jsonwebtoken::decode_header(token)
-        .map(|h| h.alg == jsonwebtoken::Algorithm::HS256)
-        .unwrap_or(true);
-    match (&state.oidc, ours) {
-        (Some(oidc), false) => oidc.verify(token).await,
-        _ => state.tokens.verify(token),
-    }
+    pmcore_web::auth::authenticate(token, &state.tokens, state.oidc.as_deref()).await
 }

@@ -15,8 +15,15 @@ use crate::{
 };
 
 async fn audit_log(api: &TestApi) -> Running {
+    audit_log_with(api, |_| {}).await
+}
+
+pub(crate) async fn audit_log_with(
+    api: &TestApi,
+    tweak: impl FnOnce(&mut pmcore_audit_log::Config),
+) -> Running {
     pmcore_testkit::init_logs();
-    let config = pmcore_audit_log::Config {
+    let mut config = pmcore_audit_log::Config {
         jwt_secret: Some(JWT_SECRET.to_owned().into()),
         checkpoint_interval_s: 3600,
         group: format!("audit-{}", Uuid::now_v7().simple()),
@@ -26,6 +33,7 @@ async fn audit_log(api: &TestApi) -> Running {
             api.kafka.clone(),
         )
     };
+    tweak(&mut config);
     let app = <pmcore_audit_log::App as pmcore_runtime::Service>::build(config)
         .await
         .expect("audit-log builds");
@@ -371,8 +379,22 @@ async fn the_log_verifies_proves_and_names_the_first_entry_anyone_tampered_with(
         .send()
         .await
         .expect("request");
-    assert_eq!(export.status(), StatusCode::OK);
-    let export: Value = export.json().await.expect("json");
+    assert_eq!(export.status(), StatusCode::ACCEPTED);
+    let location = export
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .expect("location")
+        .to_owned();
+    let export: Value = eventually(Duration::from_secs(30), "the export written", || {
+        let (audit, auditor, location) = (&audit, &auditor, &location);
+        async move {
+            let e: Value = get(audit, location, auditor).await.json().await.ok()?;
+            assert_ne!(e["status"], "failed", "{e}");
+            (e["status"] == "done").then_some(e)
+        }
+    })
+    .await;
     assert_eq!(export["entries"].as_i64(), Some(size - 1), "{export}");
     let file = reqwest::get(export["url"].as_str().expect("url"))
         .await

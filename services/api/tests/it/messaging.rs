@@ -220,7 +220,7 @@ async fn session(stream: tokio::net::TcpStream, mails: Arc<Mutex<Vec<Mail>>>) {
 
 // The service ----------------------------------------------------------------------
 
-async fn messaging(
+pub(crate) async fn messaging(
     api: &TestApi,
     clock: &ManualClock,
     group: &str,

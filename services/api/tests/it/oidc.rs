@@ -67,12 +67,19 @@ fn claims(org: Uuid, overrides: Value) -> Value {
 }
 
 async fn app_with(provider: &Provider) -> (TestApi, Uuid) {
+    let (api, org, _) = app_and_jwks(provider).await;
+    (api, org)
+}
+
+/// The api with the provider configured; the organization and the JWKS address.
+async fn app_and_jwks(provider: &Provider) -> (TestApi, Uuid, String) {
     let jwks = serve_jwks(vec![provider.jwk()]).await;
     let api = spawn_with(|c| {
         c.oidc.issuer = Some(ISSUER.to_owned());
-        c.oidc.jwks_url = Some(jwks);
+        c.oidc.jwks_url = Some(jwks.clone());
     })
     .await;
+
     let org: Value = api
         .post(
             "/v1/organizations",
@@ -86,7 +93,7 @@ async fn app_with(provider: &Provider) -> (TestApi, Uuid) {
         .await
         .expect("json");
     let org = org["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
-    (api, org)
+    (api, org, jwks)
 }
 
 #[tokio::test]
@@ -183,4 +190,60 @@ async fn provider_tokens_follow_the_same_role_policy_and_need_the_standard_claim
             "without {missing}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_audit_log_and_messaging_accept_the_providers_tokens_under_the_same_policy() {
+    let provider = Provider::new("k1");
+    let (api, org, jwks) = app_and_jwks(&provider).await;
+    let oidc = pmcore_web::oidc::OidcConfig {
+        issuer: Some(ISSUER.to_owned()),
+        jwks_url: Some(jwks),
+        ..pmcore_web::oidc::OidcConfig::disabled()
+    };
+    let audit = {
+        let oidc = oidc.clone();
+        crate::audit::audit_log_with(&api, move |c| c.oidc = oidc).await
+    };
+    let clock = pmcore_runtime::clock::ManualClock::at(chrono::Utc::now());
+    let messaging = {
+        let oidc = oidc.clone();
+        crate::messaging::messaging(&api, &clock, &format!("m-{}", Uuid::now_v7()), move |c| {
+            c.oidc = oidc;
+        })
+        .await
+    };
+    let http = reqwest::Client::new();
+    let status = |addr: std::net::SocketAddr, path: &'static str, token: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request")
+                .status()
+        }
+    };
+    let auditor = provider.token(&claims(org, json!({"pmcore_roles": ["auditor"]})));
+    let aggregator = provider.token(&claims(org, json!({})));
+    assert_eq!(
+        status(audit.addr, "/v1/audit/entries", auditor.clone()).await,
+        StatusCode::OK
+    );
+    // Roles still decide: an aggregator is not an auditor.
+    assert_eq!(
+        status(audit.addr, "/v1/audit/entries", aggregator.clone()).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(messaging.addr, "/v1/messaging/endpoints", aggregator).await,
+        StatusCode::OK
+    );
+    // A token from another issuer is refused as at the api.
+    let stranger = provider.token(&claims(org, json!({"iss": "https://evil.example.test"})));
+    assert_eq!(
+        status(audit.addr, "/v1/audit/entries", stranger).await,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -46,14 +46,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Verify { file, key } => {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(t) => t,
+            // Read line by line: an export of millions of entries is gigabytes.
+            let opened = match std::fs::File::open(&file) {
+                Ok(f) => f,
                 Err(e) => {
                     eprintln!("audit-tool: reading {}: {e}", file.display());
                     return ExitCode::from(2);
                 }
             };
-            let report = bundle::check(&text, &key);
+            let mut read_error = None;
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(opened))
+                .map_while(|line| line.map_err(|e| read_error = Some(e)).ok());
+            let report = bundle::check_lines(lines, &key);
+            if let Some(e) = read_error {
+                eprintln!("audit-tool: reading {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => println!("{json}"),
                 Err(e) => eprintln!("audit-tool: {e}"),

@@ -31,8 +31,11 @@ pub struct AuditState {
     pub pool: PgPool,
     pub tokens: Arc<Tokens>,
     pub limits: Arc<Limits>,
+    pub oidc: Option<Arc<pmcore_web::oidc::Oidc>>,
     pub signer: Arc<CheckpointSigner>,
     pub storage: Storage,
+    /// Wakes the export runner when a job is recorded.
+    pub exports: Arc<tokio::sync::Notify>,
 }
 
 /// Where exports go: the reports bucket.
@@ -51,9 +54,14 @@ impl FromRequestParts<AuditState> for Principal {
         parts: &mut Parts,
         state: &AuditState,
     ) -> Result<Self, Self::Rejection> {
-        let principal =
-            pmcore_web::auth::verify_request(parts, &state.tokens, &state.limits, &state.pool)
-                .await?;
+        let principal = pmcore_web::auth::verify_request(
+            parts,
+            &state.tokens,
+            &state.limits,
+            &state.pool,
+            state.oidc.as_deref(),
+        )
+        .await?;
         principal.require(&READERS)?;
         Ok(principal)
     }

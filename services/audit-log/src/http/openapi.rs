@@ -39,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AuditState> {
         .routes(routes!(checkpoints::key))
         .routes(routes!(verify::verify))
         .routes(routes!(exports::create))
+        .routes(routes!(exports::get))
 }
 
 /// The document as committed in `services/audit-log/openapi.json`.

@@ -43,6 +43,15 @@ pub fn unb64(s: &str) -> Option<Hash> {
 /// Checks an export against the log's verifier key: the checkpoint's signature, every
 /// entry's leaf and its proof, and that no position is missing.
 pub fn check(text: &str, verifier_key: &str) -> Report {
+    check_lines(text.lines(), verifier_key)
+}
+
+/// [`check`] over the export's lines as they are read, so a file of any size is
+/// checked in constant memory.
+pub fn check_lines<S: AsRef<str>>(
+    lines: impl IntoIterator<Item = S>,
+    verifier_key: &str,
+) -> Report {
     let mut problems = Vec::new();
     let mut first_bad: Option<u64> = None;
     let mut bad = |at: Option<u64>, p: String, problems: &mut Vec<String>| {
@@ -53,8 +62,10 @@ pub fn check(text: &str, verifier_key: &str) -> Report {
             problems.push(p);
         }
     };
-    let mut lines = text.lines();
-    let header: Option<Header> = lines.next().and_then(|l| serde_json::from_str(l).ok());
+    let mut lines = lines.into_iter();
+    let header: Option<Header> = lines
+        .next()
+        .and_then(|l| serde_json::from_str(l.as_ref()).ok());
     let Some(header) = header.filter(|h| h.format == FORMAT) else {
         return report(
             0,
@@ -91,7 +102,7 @@ pub fn check(text: &str, verifier_key: &str) -> Report {
     let mut expected = header.from;
     let mut entries = 0;
     for (n, text) in lines.enumerate() {
-        let Ok(line) = serde_json::from_str::<Line>(text) else {
+        let Ok(line) = serde_json::from_str::<Line>(text.as_ref()) else {
             bad(
                 Some(expected),
                 format!("line {} is not an export entry", n + 2),

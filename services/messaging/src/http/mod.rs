@@ -36,6 +36,7 @@ pub struct MessagingState {
     pub pool: PgPool,
     pub tokens: Arc<Tokens>,
     pub limits: Arc<Limits>,
+    pub oidc: Option<Arc<pmcore_web::oidc::Oidc>>,
     pub secrets: Arc<SecretsKey>,
     pub clock: SharedClock,
     /// Dev stacks only: webhooks may target loopback and private addresses.
@@ -49,7 +50,14 @@ impl FromRequestParts<MessagingState> for Principal {
         parts: &mut Parts,
         state: &MessagingState,
     ) -> Result<Self, Self::Rejection> {
-        pmcore_web::auth::verify_request(parts, &state.tokens, &state.limits, &state.pool).await
+        pmcore_web::auth::verify_request(
+            parts,
+            &state.tokens,
+            &state.limits,
+            &state.pool,
+            state.oidc.as_deref(),
+        )
+        .await
     }
 }
 
