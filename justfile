@@ -17,7 +17,7 @@ up: (stack-up "--profile" "all") seed-database seed-kafka simulate-start
 
 # Seed the database with the demo's organizations and programs (idempotent).
 seed-database:
-    source scripts/env.sh && cargo run --quiet --bin seed
+    source scripts/env.sh && cargo run --quiet $PMCORE_RUN_FLAGS --bin seed
 
 # Publish the current programs (--pm), DERs (--der-warehouse) and gateways (--der-gateway)
 # as events for late subscribers, then (with --der-gateway) telemetry history through the
@@ -38,7 +38,7 @@ seed-kafka *args:
       shift
     done
     [ ${#apps[@]} -gt 0 ] || apps=(--pm --der-warehouse --der-gateway)
-    cargo run --quiet --bin seed-kafka -- "${apps[@]}"
+    cargo run --quiet $PMCORE_RUN_FLAGS --bin seed-kafka -- "${apps[@]}"
     [[ " ${apps[*]} " == *" --der-gateway "* ]] || exit 0
     # Without psql (a Docker-only machine) the backfill just runs again; the
     # (der_id, ts) key makes a second run add nothing.
@@ -46,7 +46,7 @@ seed-kafka *args:
       have=$(psql -Atq "$PMCORE_DATABASE_URL" -c "select count(*) from pm.telemetry where ts < now() - interval '$days days' + interval '1 day'")
       if [ "$have" -gt 0 ]; then echo "seed-kafka: history already there ($have old readings); skipping"; exit 0; fi
     fi
-    cargo run --quiet --bin gateway-sim -- backfill --days "$days"
+    cargo run --quiet $PMCORE_RUN_FLAGS --bin gateway-sim -- backfill --days "$days"
 
 # Start the simulated gateways in the background (stopped by stack-down).
 simulate-start:
@@ -54,7 +54,7 @@ simulate-start:
 
 # Run simulated gateways in the foreground: `just simulate --gateways 5 --duration-s 60`.
 simulate *args:
-    source scripts/env.sh && cargo run --quiet --bin gateway-sim -- run "$@"
+    source scripts/env.sh && cargo run --quiet $PMCORE_RUN_FLAGS --bin gateway-sim -- run "$@"
 
 # ---- stack -------------------------------------------------------------------------
 
@@ -146,6 +146,10 @@ bench: bench-api bench-telemetry bench-dispatch bench-settlement bench-import be
 # The REST api under wrk: reads and writes with 1k to 1M DERs.
 bench-api:
     scripts/bench-api.sh
+
+# What the running system costs per process: at rest, then with the demo fleet streaming.
+bench-idle:
+    scripts/bench-idle.sh
 
 # The telemetry pipeline at rising load, a plain COPY of the same rows, and the read API.
 bench-telemetry:

@@ -38,3 +38,8 @@ export PMCORE_MESSAGING_ALLOW_PRIVATE_TARGETS="${PMCORE_MESSAGING_ALLOW_PRIVATE_
 export PMCORE_BOOTSTRAP_ORGANIZATION="${PMCORE_BOOTSTRAP_ORGANIZATION:-Northwind Electric}"
 export PMCORE_BOOTSTRAP_CLIENT_ID="${PMCORE_BOOTSTRAP_CLIENT_ID:-01900000-0000-7000-8000-000000000001}"
 export PMCORE_BOOTSTRAP_CLIENT_SECRET="${PMCORE_BOOTSTRAP_CLIENT_SECRET:-pmcore-dev-admin-secret}"
+# The system people run (`./dev up`: the stack's services, the seeds, the simulator)
+# is built optimized; PMCORE_BUILD=debug builds it faster. `just run` stays debug.
+export PMCORE_BUILD="${PMCORE_BUILD:-release}"
+if [ "$PMCORE_BUILD" = release ]; then PMCORE_RUN_FLAGS="--release"; else PMCORE_RUN_FLAGS=""; fi
+export PMCORE_RUN_FLAGS

@@ -180,18 +180,26 @@ service_port() {
   esac
 }
 
+# The system people run is built optimized: a debug relay alone took 40 % of a core
+# with the demo fleet (issue 16). PMCORE_BUILD=debug builds faster; `just run
+# <service>` stays a debug build for development.
+BUILD="$PMCORE_BUILD"
+build_bins() { # build_bins [cargo args...]: the workspace's binaries in $BUILD
+  if [ "$BUILD" = release ]; then cargo build --quiet --release "$@"; else cargo build --quiet "$@"; fi
+}
+
 services_up() {
   [ -n "$*" ] || return 0
-  say "building services"
-  cargo build --quiet --bins
-  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/api" migrate
+  say "building services ($BUILD)"
+  build_bins --bins
+  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/$BUILD/api" migrate
   # The audit service's own set (flyway/audit/), after the platform's.
-  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/debug/audit-log" migrate
+  PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/$BUILD/audit-log" migrate
   db_logins
   for svc in "$@"; do
     # Each with its own login: only its role's privileges.
     start_bg "$svc" "$(service_port "$svc")" \
-      env PMCORE_DATABASE_URL="$(service_database_url "$svc")" "target/debug/$svc"
+      env PMCORE_DATABASE_URL="$(service_database_url "$svc")" "target/$BUILD/$svc"
   done
 }
 
@@ -233,8 +241,8 @@ cmd_up() {
 # The seeded fleet's simulated gateways, live, in the background (no port of their own).
 cmd_sim() {
   if pid_alive "$S/gateway-sim.pid"; then say "gateway-sim already running"; return; fi
-  cargo build --quiet --bin gateway-sim
-  nohup setsid target/debug/gateway-sim run --report-every-s 60 >"$S/gateway-sim.log" 2>&1 < /dev/null &
+  build_bins --bin gateway-sim
+  nohup setsid "target/$BUILD/gateway-sim" run --report-every-s 60 >"$S/gateway-sim.log" 2>&1 < /dev/null &
   echo $! >"$S/gateway-sim.pid"
   sleep 3
   pid_alive "$S/gateway-sim.pid" || { tail -n 20 "$S/gateway-sim.log" >&2; die "gateway-sim exited; see $S/gateway-sim.log"; }

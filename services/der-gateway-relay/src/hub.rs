@@ -197,3 +197,29 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_signal_is_only_ever_raised_and_survives_a_full_command_queue() {
+        let (commands, _commands_rx) = mpsc::channel(1);
+        let (control, mut rx) = watch::channel(Control::None);
+        let entry = Entry {
+            session_id: Uuid::nil(),
+            commands,
+            control,
+        };
+        // The command queue is full; control signals do not share it.
+        assert!(entry.commands.try_send(()).is_ok());
+        assert!(entry.commands.try_send(()).is_err());
+        entry.raise(Control::SecretRotated);
+        entry.raise(Control::CheckSecret);
+        assert_eq!(*rx.borrow_and_update(), Control::SecretRotated);
+        entry.raise(Control::Replaced);
+        assert_eq!(*rx.borrow_and_update(), Control::Replaced);
+        entry.raise(Control::SecretRotated);
+        assert!(!rx.has_changed().unwrap_or(true), "not lowered");
+    }
+}

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::{AuditState, checkpoints};
 
-/// Most entries one export holds (a file of about 25 GB, written in about ten
-/// minutes on a small machine); export a longer log in ranges.
+/// Most entries one export holds (a file of about 17 GB, written in about eleven
+/// minutes on a 2-core machine: `just bench-audit`); export a longer log in ranges.
 pub const MAX_ENTRIES: u64 = 10_000_000;
 const LINK_TTL: Duration = Duration::from_secs(15 * 60);
 
