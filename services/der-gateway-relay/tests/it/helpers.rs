@@ -195,6 +195,15 @@ impl Env {
             .unwrap_or(0)
     }
 
+    /// Whether the gateway's presence says online.
+    pub(crate) async fn online(&self, gateway: Uuid) -> bool {
+        sqlx::query_scalar("select online from pm.gateway where id = $1")
+            .bind(gateway)
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("gateway")
+    }
+
     pub(crate) async fn command_status(&self, id: Uuid) -> Option<String> {
         sqlx::query_scalar("select status from pm.der_command where id = $1")
             .bind(id)

@@ -188,15 +188,7 @@ async fn a_gateway_that_stops_reading_loses_its_session_and_its_commands_wait() 
     let stalled = slow_reader(relay.addr, &spec).await;
     eventually(Duration::from_secs(20), "the gateway online", || {
         let env = &env;
-        let id = spec.id;
-        async move {
-            let online: bool = sqlx::query_scalar("select online from pm.gateway where id = $1")
-                .bind(id)
-                .fetch_one(&env.db.pool)
-                .await
-                .ok()?;
-            online.then_some(())
-        }
+        async move { env.online(spec.id).await.then_some(()) }
     })
     .await;
     // Far more than the socket buffers hold (~7 MB: 2,000 were absorbed by them on
@@ -205,23 +197,10 @@ async fn a_gateway_that_stops_reading_loses_its_session_and_its_commands_wait() 
     for _ in 0..20_000 {
         ids.push(env.command(&spec, der, chrono::Duration::minutes(30)).await);
     }
-    eventually(
-        Duration::from_secs(180),
-        "the stalled session ended",
-        || {
-            let env = &env;
-            let id = spec.id;
-            async move {
-                let online: bool =
-                    sqlx::query_scalar("select online from pm.gateway where id = $1")
-                        .bind(id)
-                        .fetch_one(&env.db.pool)
-                        .await
-                        .ok()?;
-                (!online).then_some(())
-            }
-        },
-    )
+    eventually(Duration::from_secs(180), "the stalled session ended", || {
+        let env = &env;
+        async move { (!env.online(spec.id).await).then_some(()) }
+    })
     .await;
     drop(stalled);
     // Nothing was lost in the buffers: a gateway that reads gets every command.

@@ -231,23 +231,13 @@ async fn presence_follows_the_session_and_the_heartbeat_timeout() {
     let env = Env::new().await;
     let relay = env.relay_with(|c| c.heartbeat_timeout_s = 1).await;
     let spec = env.gateway(1).await;
-    let online = |env: &Env, id: Uuid| {
-        let pool = env.db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>("select online from pm.gateway where id = $1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .expect("gateway")
-        }
-    };
     let mut socket = raw_session(&ws_url(relay.addr), &spec).await;
-    assert!(online(&env, spec.id).await, "online once welcomed");
+    assert!(env.online(spec.id).await, "online once welcomed");
     // Say nothing: the relay closes with 4008 and marks it offline.
     assert_eq!(close_code(&mut socket).await, Some(4008));
     eventually(Duration::from_secs(10), "gateway offline", || {
-        let f = online(&env, spec.id);
-        async move { (!f.await).then_some(()) }
+        let env = &env;
+        async move { (!env.online(spec.id).await).then_some(()) }
     })
     .await;
     let last_seen: Option<chrono::DateTime<Utc>> =
