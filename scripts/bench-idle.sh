@@ -4,7 +4,7 @@
 #   (b) the demo fleet: the seeded gateways streaming one reading per DER per second.
 # For each, over PMCORE_BENCH_SECONDS (60): CPU as a share of one core (from
 # /proc/<pid>/stat, user + system) and resident memory (VmRSS at the end, and the
-# peak VmHWM), for the broker, Postgres (all its processes), the S3 server, the SMTP
+# peak VmHWM; Postgres's proportional set size, since its backends share memory), for the broker, Postgres (all its processes), the S3 server, the SMTP
 # sink, every service and the simulator.
 #
 # Needs the whole system on the embedded stack: `./dev up` (or `just stack-up
@@ -38,12 +38,17 @@ ticks() { # summed user+system ticks of the pids given
   done
   echo "$sum"
 }
-mem() { # summed VmRSS and VmHWM in MB of the pids given
-  local rss=0 hwm=0 p
+mem() { # mem PART pids...: summed VmRSS and VmHWM in MB; for Postgres the proportional
+  # set size (its backends share the buffer pool, which RSS would count once each)
+  local part=$1 rss=0 hwm=0 p; shift
   for p in "$@"; do
     [ -r "/proc/$p/status" ] || continue
-    rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$p/status")))
-    hwm=$((hwm + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+    if [ "$part" = postgres ]; then
+      rss=$((rss + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
+    else
+      rss=$((rss + $(awk '/VmRSS/ {print $2}' "/proc/$p/status")))
+      hwm=$((hwm + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+    fi
   done
   echo "$((rss / 1024)) $((hwm / 1024))"
 }
@@ -63,7 +68,7 @@ measure() {
     # shellcheck disable=SC2086
     local after; after=$(ticks ${pids[$part]})
     # shellcheck disable=SC2086
-    read -r rss hwm < <(mem ${pids[$part]})
+    read -r rss hwm < <(mem "$part" ${pids[$part]})
     python3 -c "print('$part', round(100 * ($after - ${before[$part]}) / $tick / $SECONDS_PER_STATE, 1), $rss, $hwm)"
   done >"$out/$label"
 }
@@ -97,7 +102,7 @@ def read(path):
     return rows
 rest, demo = read(sys.argv[1]), read(sys.argv[2])
 rate = (int(sys.argv[4]) - int(sys.argv[3])) / float(sys.argv[5])
-print(f"\nthe embedded stack, {sys.argv[5]} s per state; CPU as % of one core, memory in MB (resident now / peak)")
+print(f"\nthe embedded stack, {sys.argv[5]} s per state; CPU as % of one core, memory in MB (resident now / peak; Postgres: proportional set size)")
 print(f"{'process':<20} {'rest CPU':>9} {'rest RSS':>9} {'demo CPU':>9} {'demo RSS':>9} {'peak':>6}")
 totals = [0.0, 0, 0.0, 0]
 order = [p for p in ["tansu", "postgres", "s3s-fs", "smtp-sink", "api", "worker", "scheduler",

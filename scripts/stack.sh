@@ -197,9 +197,12 @@ services_up() {
   PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/$BUILD/audit-log" migrate
   db_logins
   for svc in "$@"; do
-    # Each with its own login: only its role's privileges.
+    # Each with its own login: only its role's privileges. One partition per topic:
+    # one instance of each service runs here, and the embedded broker's cost grows
+    # with the partitions every idle consumer polls (issue 16).
     start_bg "$svc" "$(service_port "$svc")" \
-      env PMCORE_DATABASE_URL="$(service_database_url "$svc")" "target/$BUILD/$svc"
+      env PMCORE_DATABASE_URL="$(service_database_url "$svc")" \
+      PMCORE_KAFKA_PARTITIONS="${PMCORE_KAFKA_PARTITIONS:-1}" "target/$BUILD/$svc"
   done
 }
 

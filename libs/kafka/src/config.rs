@@ -83,6 +83,27 @@ pub struct KafkaConfig {
     )]
     pub stall_after_s: u64,
 
+    /// How long the broker may hold a fetch of a prompt consumer (commands, their
+    /// acknowledgements, telemetry) waiting for records, in milliseconds. tansu 0.6
+    /// answers every fetch after about half of it, records or not, so this sets both
+    /// those consumers' latency per hop and how often an idle one asks.
+    #[arg(
+        long = "kafka-fetch-wait-ms",
+        env = "PMCORE_KAFKA_FETCH_WAIT_MS",
+        default_value_t = 500
+    )]
+    pub fetch_wait_ms: u32,
+
+    /// The same for consumers whose records may wait a second (the audit trail,
+    /// notifications, eligibility, settlement, imports): fewer fetches at rest, which
+    /// is most of what an idle embedded broker does.
+    #[arg(
+        long = "kafka-background-fetch-wait-ms",
+        env = "PMCORE_KAFKA_BACKGROUND_FETCH_WAIT_MS",
+        default_value_t = 2000
+    )]
+    pub background_fetch_wait_ms: u32,
+
     /// How this process's consumers are doing; shared by every clone, read by `/readyz`.
     #[arg(skip)]
     pub health: ConsumerHealth,
@@ -99,7 +120,17 @@ impl KafkaConfig {
             idempotence: std::env::var("PMCORE_KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
             session_timeout_ms: 10_000,
             stall_after_s: 60,
+            fetch_wait_ms: 500,
+            background_fetch_wait_ms: 2000,
             health: ConsumerHealth::default(),
+        }
+    }
+
+    /// The fetch wait of a consumer of this pace.
+    pub fn fetch_wait_ms(&self, pace: crate::consumer::Pace) -> u32 {
+        match pace {
+            crate::consumer::Pace::Prompt => self.fetch_wait_ms,
+            crate::consumer::Pace::Background => self.background_fetch_wait_ms,
         }
     }
 

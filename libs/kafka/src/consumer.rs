@@ -152,6 +152,17 @@ pub struct ConsumerSpec {
     /// Logical topics.
     pub topics: Vec<&'static str>,
     pub inbox: Inbox,
+    pub pace: Pace,
+}
+
+/// How soon a consumer must see a record: it sets how long each fetch may wait at
+/// the broker (`KafkaConfig::fetch_wait_ms`), so the cost of an idle consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Within a fraction of a second: commands, acknowledgements, telemetry.
+    Prompt,
+    /// Within a few seconds: the audit trail, notifications, background work.
+    Background,
 }
 
 enum Outcome {
@@ -168,8 +179,9 @@ pub fn subscribe(
     config: &KafkaConfig,
     group: &str,
     physical_topics: &[String],
+    pace: Pace,
 ) -> anyhow::Result<StreamConsumer<KafkaContext>> {
-    subscribe_as(config, group, &config.group(group), physical_topics)
+    subscribe_as(config, group, &config.group(group), physical_topics, pace)
 }
 
 /// [`subscribe`] as the physical group id `group_id` (a generation of the logical
@@ -179,6 +191,7 @@ pub fn subscribe_as(
     group: &str,
     group_id: &str,
     physical_topics: &[String],
+    pace: Pace,
 ) -> anyhow::Result<StreamConsumer<KafkaContext>> {
     let consumer: StreamConsumer<KafkaContext> = config
         .client_config()
@@ -192,6 +205,7 @@ pub fn subscribe_as(
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", "3000")
         .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", config.fetch_wait_ms(pace).to_string())
         .create_with_context(KafkaContext::consumer(group))?;
     let names: Vec<&str> = physical_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
@@ -265,7 +279,13 @@ async fn run_once<H: Handler>(
     topics::ensure(config, &[physical.clone(), dead_letter_topics].concat()).await?;
 
     let group_id = crate::home::current(config, &spec.group, &physical).await?;
-    let consumer = Arc::new(subscribe_as(config, &spec.group, &group_id, &physical)?);
+    let consumer = Arc::new(subscribe_as(
+        config,
+        &spec.group,
+        &group_id,
+        &physical,
+        spec.pace,
+    )?);
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
     let mut dlq = idempotent_producer(config)?;
     let mut watchdog = Watchdog::new(

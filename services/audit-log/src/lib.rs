@@ -227,6 +227,7 @@ impl Service for App {
             group: self.config.group.clone(),
             topics: catalog::domain_topics().map(|t| t.name).collect(),
             inbox: Inbox::Audit,
+            pace: consumer::Pace::Background,
         };
         let pool = self.platform.pool.clone();
         let kafka = self.platform.kafka.clone();

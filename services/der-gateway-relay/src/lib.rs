@@ -172,6 +172,7 @@ impl Service for App {
                 group: commands::CONSUMER_GROUP.to_owned(),
                 topics: vec![catalog::COMMANDS.name],
                 inbox: Inbox::Pm,
+                pace: consumer::Pace::Prompt,
             },
             Arc::new(commands::StoreCommands),
             500,

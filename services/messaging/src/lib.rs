@@ -309,6 +309,7 @@ impl Service for App {
             group: self.config.group.clone(),
             topics: topics(),
             inbox: Inbox::Messaging,
+            pace: consumer::Pace::Background,
         };
         let notifier = Arc::new(Notifier {
             clock: self.state.clock.clone(),

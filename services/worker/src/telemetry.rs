@@ -139,6 +139,7 @@ async fn run_once(
         CONSUMER_GROUP,
         &group_id,
         std::slice::from_ref(&topic),
+        consumer::Pace::Prompt,
     )?);
     let mut watchdog = Watchdog::new(
         kafka,

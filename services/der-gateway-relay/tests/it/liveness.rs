@@ -197,10 +197,14 @@ async fn a_gateway_that_stops_reading_loses_its_session_and_its_commands_wait() 
     for _ in 0..20_000 {
         ids.push(env.command(&spec, der, chrono::Duration::minutes(30)).await);
     }
-    eventually(Duration::from_secs(180), "the stalled session ended", || {
-        let env = &env;
-        async move { (!env.online(spec.id).await).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(180),
+        "the stalled session ended",
+        || {
+            let env = &env;
+            async move { (!env.online(spec.id).await).then_some(()) }
+        },
+    )
     .await;
     drop(stalled);
     // Nothing was lost in the buffers: a gateway that reads gets every command.

@@ -113,8 +113,13 @@ async fn the_watchdog_calls_a_group_stuck_when_it_lags_and_does_not_move_and_hea
     // A member of a group that reads nothing: it lags by five and never moves.
     let group = "watched";
     let consumer = Arc::new(
-        pmcore_kafka::consumer::subscribe(&kafka, group, std::slice::from_ref(&topic))
-            .expect("subscribe"),
+        pmcore_kafka::consumer::subscribe(
+            &kafka,
+            group,
+            std::slice::from_ref(&topic),
+            pmcore_kafka::consumer::Pace::Prompt,
+        )
+        .expect("subscribe"),
     );
     let mut watchdog = Watchdog::new(
         &kafka,
