@@ -35,7 +35,7 @@ DRY = {
     "db-migrate": [], "db-drop": [], "seed-database": [], "seed-kafka": ["--pm", "--der-gateway", "--days", "3"],
     "simulate": ["--gateways", "2"], "simulate-start": [], "run": ["api"],
     "bench": [], "bench-api": [], "bench-telemetry": [], "bench-dispatch": [],
-    "bench-settlement": [], "bench-import": [], "bench-audit": [], "bench-messaging": [],
+    "bench-settlement": [], "bench-import": [], "bench-audit": [], "bench-messaging": [], "bench-idle": [],
     "gen-api-spec": ["yaml"], "test": [], "coverage": [],
     # The suite itself runs clippy on every target, which type-checks them too.
     "lint": [], "type-check": [],
