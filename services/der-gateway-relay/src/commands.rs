@@ -266,17 +266,25 @@ pub async fn mark_delivered(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The DER a command of this gateway is for, if the command exists.
+/// The DER a command of this gateway is for, if the command exists, and whether the
+/// gateway's secret is still the one set at `secret_rotated_at` (one query on the
+/// acknowledgement path).
 pub async fn der_of(
     pool: &PgPool,
     gateway_id: Uuid,
     command_id: Uuid,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar("select der_id from pm.der_command where id = $1 and gateway_id = $2")
-        .bind(command_id)
-        .bind(gateway_id)
-        .fetch_optional(pool)
-        .await
+    secret_rotated_at: DateTime<Utc>,
+) -> sqlx::Result<Option<(Uuid, bool)>> {
+    sqlx::query_as(
+        "select c.der_id, g.secret_rotated_at = $3
+           from pm.der_command c join pm.gateway g on g.id = c.gateway_id
+          where c.id = $1 and c.gateway_id = $2",
+    )
+    .bind(command_id)
+    .bind(gateway_id)
+    .bind(secret_rotated_at)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Produces an event straight to its topic and waits for the broker's acknowledgement.

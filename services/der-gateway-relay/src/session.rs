@@ -437,13 +437,18 @@ impl Session {
         status: AckStatus,
         reason: Option<String>,
     ) -> Result<Option<Ending>, ()> {
-        // A session opened with a secret rotated since acknowledges nothing, whether
-        // or not this instance heard of the rotation.
-        if !self.secret_current().await.unwrap_or(false) {
-            return Ok(Some(SECRET_ROTATED));
-        }
-        let der_id = match commands::der_of(&self.hub.pool, self.gateway.id, command_id).await {
-            Ok(Some(der)) => der,
+        let lookup = commands::der_of(
+            &self.hub.pool,
+            self.gateway.id,
+            command_id,
+            self.gateway.secret_rotated_at,
+        )
+        .await;
+        let der_id = match lookup {
+            Ok(Some((der, true))) => der,
+            // A session opened with a secret rotated since acknowledges nothing,
+            // whether or not this instance heard of the rotation.
+            Ok(Some((_, false))) => return Ok(Some(SECRET_ROTATED)),
             Ok(None) => {
                 return self
                     .reject(
