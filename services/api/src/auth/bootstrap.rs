@@ -3,6 +3,9 @@
 //! comes from configuration or is generated and written once to a file only its
 //! owner can read (logs are shipped and kept; a secret in them is a leaked secret).
 
+use chrono::{DateTime, Utc};
+use pmcore_events::domain::{ApiClientCreated, OrganizationCreated};
+use pmcore_kafka::outbox::{self, EventMeta};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
@@ -26,15 +29,31 @@ pub async fn ensure_bootstrap_client(
     if any {
         return Ok(None);
     }
-    let org_id: Uuid = sqlx::query_scalar(
+    // `xmax = 0` tells a row this statement inserted from one it only updated.
+    let (org_id, org_created_at, inserted): (Uuid, DateTime<Utc>, bool) = sqlx::query_as(
         "insert into pm.organization (id, name, kind) values ($1, $2, 'utility')
          on conflict on constraint organization_name_key do update set updated_at = now()
-         returning id",
+         returning id, created_at, xmax = 0",
     )
     .bind(Uuid::now_v7())
     .bind(&config.bootstrap_organization)
     .fetch_one(&mut *tx)
     .await?;
+    // The trail starts with the install itself: who runs the platform, and its first key.
+    let meta = EventMeta {
+        source: "api".to_owned(),
+        principal: Some("service:api".to_owned()),
+        traceparent: None,
+    };
+    if inserted {
+        let event = OrganizationCreated {
+            organization_id: org_id.to_string(),
+            name: config.bootstrap_organization.clone(),
+            kind: "utility".to_owned(),
+            created_at: org_created_at.timestamp_micros(),
+        };
+        outbox::enqueue(&mut tx, &event, &meta).await?;
+    }
     let client_id = config.bootstrap_client_id.unwrap_or_else(Uuid::now_v7);
     let (secret, generated) = match &config.bootstrap_client_secret {
         Some(s) => (s.expose_secret().to_owned(), false),
@@ -42,15 +61,23 @@ pub async fn ensure_bootstrap_client(
     };
     let hash =
         tokio::task::spawn_blocking(move || secrets::hash(&secret).map(|h| (h, secret))).await??;
-    sqlx::query(
+    let client_created_at: DateTime<Utc> = sqlx::query_scalar(
         "insert into pm.api_client (id, organization_id, name, secret_hash, roles)
-         values ($1, $2, 'bootstrap-admin', $3, array['admin'])",
+         values ($1, $2, 'bootstrap-admin', $3, array['admin']) returning created_at",
     )
     .bind(client_id)
     .bind(org_id)
     .bind(&hash.0)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    let event = ApiClientCreated {
+        client_id: client_id.to_string(),
+        organization_id: org_id.to_string(),
+        name: "bootstrap-admin".to_owned(),
+        roles: vec!["admin".to_owned()],
+        created_at: client_created_at.timestamp_micros(),
+    };
+    outbox::enqueue(&mut tx, &event, &meta).await?;
     if generated {
         // Written before the commit: if the file cannot be written the client is
         // not created, and the next attempt generates another secret.
