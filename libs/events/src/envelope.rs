@@ -9,6 +9,12 @@ use crate::catalog::DomainEvent;
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/avro";
 
+/// The longest value a `ce_*` header (or `traceparent`) may carry. Every attribute the
+/// platform writes is an id, a type name or a principal, well under it; a record with
+/// a longer one did not come from pmcore, and a consumer parks it rather than store
+/// (or audit) a field of arbitrary size.
+pub const MAX_HEADER_BYTES: usize = 512;
+
 /// The metadata of one event. `id` is the idempotency key consumers dedupe on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -72,6 +78,15 @@ impl Envelope {
         let text = |name: &'static str| -> Result<Option<String>, HeaderError> {
             get(name)
                 .map(|b| {
+                    if b.len() > MAX_HEADER_BYTES {
+                        return Err(HeaderError::Invalid {
+                            name,
+                            reason: format!(
+                                "{} bytes, more than the {MAX_HEADER_BYTES} allowed",
+                                b.len()
+                            ),
+                        });
+                    }
                     std::str::from_utf8(b)
                         .map(str::to_owned)
                         .map_err(|e| HeaderError::Invalid {
@@ -176,5 +191,30 @@ mod tests {
         .expect_err("must fail");
         assert_eq!(err, HeaderError::Missing("ce_id"));
         assert!(lookup(&headers, "ce_id").is_some());
+    }
+
+    #[test]
+    fn an_oversized_attribute_is_refused_by_name() {
+        let mut env = envelope();
+        env.subject = "x".repeat(MAX_HEADER_BYTES);
+        let parse = |env: &Envelope| {
+            let owned: Vec<(&str, Vec<u8>)> = env
+                .to_headers()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            Envelope::from_headers(|name| {
+                owned
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.as_slice())
+            })
+        };
+        assert!(parse(&env).is_ok(), "the limit itself is allowed");
+        env.subject.push('x');
+        assert!(matches!(
+            parse(&env),
+            Err(HeaderError::Invalid { name: "ce_subject", .. })
+        ));
     }
 }
