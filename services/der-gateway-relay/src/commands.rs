@@ -180,7 +180,8 @@ pub async fn listen(hub: Arc<Hub>) {
     }
 }
 
-/// The gateway's commands still to deliver; expired ones are marked and reported.
+/// The gateway's commands still to deliver, or to deliver again because their final
+/// answer never came; expired ones are marked and reported.
 pub async fn pending(hub: &Hub, gateway_id: Uuid) -> anyhow::Result<Vec<WireCommand>> {
     let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "update pm.der_command set status = 'expired', acked_at = now()
@@ -215,10 +216,14 @@ pub async fn pending(hub: &Hub, gateway_id: Uuid) -> anyhow::Result<Vec<WireComm
         DateTime<Utc>,
         DateTime<Utc>,
     );
+    // Received but unanswered ones too: their final answer may have been lost with
+    // the session that carried it, and the gateway answers a known command again.
     let rows: Vec<Row> = sqlx::query_as(
         "select id, der_id, event_id, kind, value_kw, start_at, end_at, expires_at
          from pm.der_command
-         where gateway_id = $1 and status = 'pending' and expires_at > now()
+         where gateway_id = $1
+           and ((status = 'pending' and expires_at > now())
+                or (status = 'received' and end_at > now()))
          order by received_at, id",
     )
     .bind(gateway_id)

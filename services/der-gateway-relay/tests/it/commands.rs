@@ -194,3 +194,67 @@ async fn a_burst_is_stored_in_batches_and_a_poison_command_is_parked_alone() {
     relay.stop().await.expect("relay stops");
     worker.stop().await.expect("worker stops");
 }
+
+/// A session drops after the gateway said `received` and before its final answer
+/// reached the platform: on the gateway's next session the command comes again, and
+/// the gateway's answer then settles it (before, it stayed `received` for good).
+#[tokio::test]
+async fn a_command_whose_final_answer_was_lost_is_delivered_again_on_the_next_session() {
+    use futures::StreamExt;
+    use pmcore_der_gateway_relay::protocol::{AckStatus, GatewayFrame, RelayFrame};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::helpers::{raw_session, send};
+
+    let env = Env::new().await;
+    let relay = env.relay().await;
+    let worker = env.worker().await;
+    let spec = env.gateway(1).await;
+    let mut session = raw_session(&url(&relay), &spec).await;
+    let command = env
+        .command(&spec, spec.ders[0].id, chrono::Duration::minutes(10))
+        .await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(message)) = session.next().await {
+            if let Message::Text(text) = message
+                && let Ok(RelayFrame::Command(c)) = serde_json::from_str(&text)
+                && c.command_id == command
+            {
+                return;
+            }
+        }
+        panic!("the session ended before the command");
+    })
+    .await
+    .expect("the command in time");
+    send(
+        &mut session,
+        &GatewayFrame::CommandAck {
+            command_id: command,
+            status: AckStatus::Received,
+            reason: None,
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "the command received", || {
+        let env = &env;
+        async move { (env.command_status(command).await.as_deref() == Some("received")).then_some(()) }
+    })
+    .await;
+    // The session goes, and the `applied` the gateway sent with it.
+    drop(session);
+
+    let stats = Arc::new(Stats::default());
+    let cancel = CancellationToken::new();
+    let task = simulate(spec, url(&relay), stats.clone(), cancel.clone());
+    eventually(Duration::from_secs(30), "the command applied", || {
+        let env = &env;
+        async move { (env.command_status(command).await.as_deref() == Some("applied")).then_some(()) }
+    })
+    .await;
+    assert_eq!(stats.commands.load(Relaxed), 1, "delivered again");
+    cancel.cancel();
+    task.await.expect("joined").expect("clean stop");
+    worker.stop().await.expect("worker stops");
+    relay.stop().await.expect("relay stops");
+}
