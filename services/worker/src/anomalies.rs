@@ -182,14 +182,27 @@ fn meta() -> EventMeta {
     }
 }
 
-/// Stores a flag and its event in the caller's transaction.
-pub async fn record(conn: &mut PgConnection, a: &Anomaly) -> anyhow::Result<()> {
+/// How long a DER's flag of one kind stands for every reading around it: the
+/// detector's memory is lost on a restart or a rebalance, and the batches read again
+/// then would flag the same excursion a second time.
+pub const SAME_ANOMALY_WITHIN: Duration = Duration::from_secs(3600);
+
+/// Stores a flag and its event in the caller's transaction, unless the DER was
+/// flagged for the same kind within [`SAME_ANOMALY_WITHIN`] of this reading (then it
+/// is the same anomaly, seen again). Returns whether it was stored.
+pub async fn record(conn: &mut PgConnection, a: &Anomaly) -> anyhow::Result<bool> {
     let id = Uuid::now_v7();
     let detected_at = Utc::now();
-    sqlx::query(
+    let within = chrono::Duration::from_std(SAME_ANOMALY_WITHIN)?;
+    // One worker holds a gateway's partition, so no two transactions flag a DER at once.
+    let stored = sqlx::query(
         "insert into pm.telemetry_anomaly
              (id, organization_id, der_id, kind, detail, value_kw, observed_at, detected_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+         select $1, $2, $3, $4, $5, $6, $7, $8
+         where not exists (
+             select 1 from pm.telemetry_anomaly
+              where der_id = $3 and kind = $4
+                and observed_at > $7 - $9::interval and observed_at < $7 + $9::interval)",
     )
     .bind(id)
     .bind(a.organization_id)
@@ -199,8 +212,14 @@ pub async fn record(conn: &mut PgConnection, a: &Anomaly) -> anyhow::Result<()> 
     .bind(a.value_kw)
     .bind(a.observed_at)
     .bind(detected_at)
+    .bind(within)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected()
+        == 1;
+    if !stored {
+        return Ok(false);
+    }
     let event = TelemetryAnomalyDetected {
         anomaly_id: id.to_string(),
         organization_id: a.organization_id.to_string(),
@@ -213,7 +232,7 @@ pub async fn record(conn: &mut PgConnection, a: &Anomaly) -> anyhow::Result<()> 
         detected_at: detected_at.timestamp_micros(),
     };
     outbox::enqueue(conn, &event, &meta()).await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Every 30 s: gateways with DERs that have not been heard from for the silence
