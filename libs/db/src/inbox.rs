@@ -1,7 +1,7 @@
 //! The consumer inbox: a row per (consumer, event id), written in the same transaction
 //! as the event's effects, so a redelivered event becomes a no-op.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Which inbox table a consumer writes to; each schema owner has its own.
@@ -27,6 +27,22 @@ impl Inbox {
         }
     }
 
+    fn table(self) -> &'static str {
+        match self {
+            Inbox::Pm => "pm.inbox",
+            Inbox::Audit => "audit.inbox",
+            Inbox::Messaging => "messaging.inbox",
+        }
+    }
+
+    /// Forgets events handled more than `keep_days` ago, in batches of `batch` rows
+    /// (short transactions, no long lock); returns how many. An id only has to be
+    /// remembered while its record can still be read again: keep more days than the
+    /// topics' retention.
+    pub async fn prune(self, pool: &PgPool, keep_days: i32, batch: i64) -> sqlx::Result<u64> {
+        crate::retention::delete_older(pool, self.table(), "processed_at", keep_days, batch).await
+    }
+
     /// Claims many at once; returns the ids not handled before (each once).
     pub async fn claim_many(
         self,
@@ -34,11 +50,7 @@ impl Inbox {
         consumer: &str,
         event_ids: &[Uuid],
     ) -> sqlx::Result<Vec<Uuid>> {
-        let table = match self {
-            Inbox::Pm => "pm.inbox",
-            Inbox::Audit => "audit.inbox",
-            Inbox::Messaging => "messaging.inbox",
-        };
+        let table = self.table();
         sqlx::query_scalar(&format!(
             "insert into {table} (consumer, event_id) select $1, unnest($2::uuid[])
              on conflict do nothing returning event_id"

@@ -4,6 +4,7 @@ mod config;
 pub mod inbox;
 pub mod lock;
 pub mod migrate;
+pub mod retention;
 pub mod telemetry;
 
 pub use config::DbConfig;

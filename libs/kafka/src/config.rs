@@ -104,6 +104,16 @@ pub struct KafkaConfig {
     )]
     pub background_fetch_wait_ms: u32,
 
+    /// Days a consumer remembers the ids of the events it handled (its inbox), to
+    /// drop a record read twice. A record can only come again while it is on its
+    /// topic: keep this above the topics' retention (Kafka's default is 7 days).
+    #[arg(
+        long = "inbox-retention-days",
+        env = "PMCORE_INBOX_RETENTION_DAYS",
+        default_value_t = 14
+    )]
+    pub inbox_retention_days: i32,
+
     /// How this process's consumers are doing; shared by every clone, read by `/readyz`.
     #[arg(skip)]
     pub health: ConsumerHealth,
@@ -122,6 +132,7 @@ impl KafkaConfig {
             stall_after_s: 60,
             fetch_wait_ms: 500,
             background_fetch_wait_ms: 2000,
+            inbox_retention_days: 14,
             health: ConsumerHealth::default(),
         }
     }

@@ -91,6 +91,31 @@ impl Platform {
         })
     }
 
+    /// Every hour, forgets the ids `inbox` holds for longer than the configured
+    /// retention (`PMCORE_INBOX_RETENTION_DAYS`); for services that own an inbox table.
+    pub fn inbox_pruner(
+        &self,
+        inbox: pmcore_db::inbox::Inbox,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        let pool = self.pool.clone();
+        let keep_days = self.kafka.inbox_retention_days.max(1);
+        Box::pin(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                match inbox.prune(&pool, keep_days, 10_000).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, keep_days, "old inbox ids forgotten"),
+                    Err(error) => tracing::warn!(%error, "inbox pruning failed"),
+                }
+            }
+        })
+    }
+
     /// Serves `routes` merged with the operational endpoints until cancelled.
     pub fn serve(
         self,

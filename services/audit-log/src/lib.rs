@@ -264,6 +264,8 @@ impl Service for App {
                 task(consume),
                 task(checkpoints),
                 task(self.state.limits.clone().forget_idle_until(cancel.clone())),
+                self.platform
+                    .inbox_pruner(pmcore_db::inbox::Inbox::Audit, cancel.clone()),
                 task(exports),
                 self.platform.serve(router, readiness, cancel),
             ],

@@ -331,6 +331,8 @@ impl Service for App {
                 task(consume),
                 task(send),
                 task(self.state.limits.clone().forget_idle_until(cancel.clone())),
+                self.platform
+                    .inbox_pruner(pmcore_db::inbox::Inbox::Messaging, cancel.clone()),
                 self.platform.serve(router, readiness, cancel),
             ],
         )

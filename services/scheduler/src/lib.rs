@@ -4,6 +4,7 @@
 pub mod dispatch;
 mod leader;
 pub mod partitions;
+pub mod retention;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -154,6 +155,7 @@ impl Service for App {
             self.platform.pool.clone(),
             self.leadership.clone(),
             self.config.telemetry_retention_days.max(7),
+            self.config.kafka.inbox_retention_days.max(1),
             Duration::from_secs(3600),
             cancel.clone(),
         );

@@ -1,5 +1,6 @@
 //! Telemetry partitions: the coming week's days exist before readings arrive, and
-//! days past the retention are dropped whole. Only the leader does it.
+//! days past the retention are dropped whole, with the rows kept as long (see
+//! `retention`). Only the leader does it.
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ pub async fn maintain(
     pool: PgPool,
     leadership: Leadership,
     retention_days: i32,
+    inbox_retention_days: i32,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -33,6 +35,11 @@ pub async fn maintain(
                 tracing::info!(dropped, retention_days, "old telemetry partitions dropped")
             }
             Err(error) => tracing::warn!(%error, "telemetry partition maintenance failed"),
+        }
+        match crate::retention::once(&pool, retention_days, inbox_retention_days).await {
+            Ok(pruned) if pruned.total() == 0 => {}
+            Ok(pruned) => tracing::info!(?pruned, "old inbox ids, commands and flags pruned"),
+            Err(error) => tracing::warn!(%error, "pruning failed"),
         }
     }
 }

@@ -106,6 +106,28 @@ async fn each_service_login_is_refused_what_its_service_must_not_do() {
             "select pm.ensure_telemetry_partition(current_date)",
         ),
         ("audit_log", AUDIT_INSERT),
+        // Pruning: each owner forgets its own old inbox ids, the scheduler old
+        // commands and flags.
+        (
+            "audit_log",
+            "delete from audit.inbox where processed_at < now()",
+        ),
+        (
+            "messaging",
+            "delete from messaging.inbox where processed_at < now()",
+        ),
+        (
+            "scheduler",
+            "delete from pm.inbox where processed_at < now()",
+        ),
+        (
+            "scheduler",
+            "delete from pm.der_command where end_at < now()",
+        ),
+        (
+            "scheduler",
+            "delete from pm.telemetry_anomaly where observed_at < now()",
+        ),
     ] {
         assert_eq!(
             as_login(&db, service, sql).await,
