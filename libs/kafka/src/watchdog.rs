@@ -61,7 +61,7 @@ pub enum Verdict {
     Healthy,
     /// Behind by `lag` records with no progress for `since`.
     Stalled { lag: i64, since: Duration },
-    /// The broker did not answer; librdkafka reconnects by itself.
+    /// The broker did not answer this check (for less than the stall time).
     Unknown,
 }
 
@@ -88,6 +88,8 @@ pub struct Watchdog {
     last: Option<Position>,
     moved_at: Instant,
     checked_at: Instant,
+    /// Since when no check got an answer.
+    unanswered_since: Option<Instant>,
 }
 
 /// How often the broker is asked.
@@ -121,6 +123,7 @@ impl Watchdog {
             last: None,
             moved_at: Instant::now(),
             checked_at: Instant::now(),
+            unanswered_since: None,
         }
     }
 
@@ -159,8 +162,23 @@ impl Watchdog {
             .ok()
             .flatten();
         let Some(now) = position else {
+            // A client whose connections died may not come back by itself (seen
+            // behind a proxy that reset them, issue 10's fault suite): ask through a
+            // fresh one next time. And a group whose position cannot be learnt for
+            // the stall time is treated as stuck, since the member's own connections
+            // are as likely dead: rebuilding costs a rejoin, waiting may cost forever.
+            self.client = None;
+            let since = *self.unanswered_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.stall_after {
+                self.unanswered_since = None;
+                return Verdict::Stalled {
+                    lag: self.last.map_or(0, |l| l.lag),
+                    since: since.elapsed(),
+                };
+            }
             return Verdict::Unknown;
         };
+        self.unanswered_since = None;
         if now.lag <= 0
             || self
                 .last
