@@ -214,7 +214,10 @@ mod tests {
         env.subject.push('x');
         assert!(matches!(
             parse(&env),
-            Err(HeaderError::Invalid { name: "ce_subject", .. })
+            Err(HeaderError::Invalid {
+                name: "ce_subject",
+                ..
+            })
         ));
     }
 }
