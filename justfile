@@ -134,6 +134,10 @@ type-check:
 test *args:
     scripts/test.sh "$@"
 
+# The fault suite on release builds: broker restarts, kills, cut dependencies, poison, reconnects, authorization.
+chaos *args:
+    scripts/chaos.sh "$@"
+
 # Line coverage of the whole suite against the running stack (installs cargo-llvm-cov on first use).
 coverage:
     scripts/coverage.sh

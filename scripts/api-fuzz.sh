@@ -13,6 +13,8 @@ say() { printf '\033[1m[fuzz]\033[0m %s\n' "$*" >&2; }
 SCHEMATHESIS=3.39.16
 HYPOTHESIS=6.115.0
 EXAMPLES="${PMCORE_FUZZ_EXAMPLES:-25}"
+# The suite runs it on the debug builds it just made; the fault suite on release ones.
+FUZZ_BUILD="${PMCORE_FUZZ_BUILD:-debug}"
 lib="$PMCORE_STACK_DIR/pylib"
 if ! PYTHONPATH="$lib" python3 -c "import schemathesis, sys; sys.exit(schemathesis.__version__ != '$SCHEMATHESIS')" 2>/dev/null; then
   say "installing schemathesis $SCHEMATHESIS (PyPI) into $lib"
@@ -36,7 +38,7 @@ log="$PMCORE_STACK_DIR/api-fuzz.log"
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
   PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" \
   PMCORE_API_RATE_LIMIT_PER_SECOND=100000 PMCORE_API_RATE_LIMIT_BURST=100000 PMCORE_LOG=warn \
-  target/debug/api >"$log" 2>&1 &
+  "target/$FUZZ_BUILD/api" >"$log" 2>&1 &
 api=$!
 audit=""
 messaging=""
@@ -71,7 +73,7 @@ PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$port/openap
 audit_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
   PMCORE_AUDIT_LOG_LISTEN="127.0.0.1:$audit_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
-  target/debug/audit-log >"$PMCORE_STACK_DIR/audit-fuzz.log" 2>&1 &
+  "target/$FUZZ_BUILD/audit-log" >"$PMCORE_STACK_DIR/audit-fuzz.log" 2>&1 &
 audit=$!
 for _ in $(seq 1 300); do
   curl -fsS -o /dev/null "http://127.0.0.1:$audit_port/readyz" 2>/dev/null && break
@@ -128,7 +130,7 @@ PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true
   PMCORE_MESSAGING_LISTEN="127.0.0.1:$messaging_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
   PMCORE_MESSAGING_ALLOW_PRIVATE_TARGETS=false \
   PMCORE_MESSAGING_RATE_LIMIT_PER_SECOND=100000 PMCORE_MESSAGING_RATE_LIMIT_BURST=100000 \
-  env -u PMCORE_SMTP_URL target/debug/messaging >"$PMCORE_STACK_DIR/messaging-fuzz.log" 2>&1 &
+  env -u PMCORE_SMTP_URL "target/$FUZZ_BUILD/messaging" >"$PMCORE_STACK_DIR/messaging-fuzz.log" 2>&1 &
 messaging=$!
 for _ in $(seq 1 300); do
   curl -fsS -o /dev/null "http://127.0.0.1:$messaging_port/readyz" 2>/dev/null && break

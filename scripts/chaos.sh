@@ -14,6 +14,6 @@ done
 scripts/install-tools.sh subscriber
 say "building pmcore's binaries ($PMCORE_BUILD)"
 # shellcheck disable=SC2086
-cargo build $PMCORE_RUN_FLAGS --quiet --bin api --bin worker --bin der-gateway-relay --bin audit-log \
-  --bin bucket-watcher --bin seed --bin gateway-sim
+cargo build $PMCORE_RUN_FLAGS --quiet --bin api --bin worker --bin der-gateway-relay --bin audit-log --bin messaging \
+  --bin bucket-watcher --bin scheduler --bin seed --bin gateway-sim
 PYTHONPATH="$PMCORE_STACK_DIR/pylib" exec python3 -u tools/chaos/chaos.py --build "$PMCORE_BUILD" "$@"

@@ -36,7 +36,7 @@ DRY = {
     "simulate": ["--gateways", "2"], "simulate-start": [], "run": ["api"],
     "bench": [], "bench-api": [], "bench-telemetry": [], "bench-dispatch": [],
     "bench-settlement": [], "bench-import": [], "bench-audit": [], "bench-messaging": [], "bench-idle": [],
-    "gen-api-spec": ["yaml"], "test": [], "coverage": [],
+    "gen-api-spec": ["yaml"], "test": [], "coverage": [], "chaos": ["--short"],
     # The suite itself runs clippy on every target, which type-checks them too.
     "lint": [], "type-check": [],
 }

@@ -47,6 +47,13 @@ scripts/install-tools.sh subscriber
 every=(); [ $# -gt 0 ] || every=(--require-all)
 PYTHONPATH="$PMCORE_STACK_DIR/pylib" python3 tools/subscriber/read_topics.py --since-ms "$fuzz_since_ms" "${every[@]}" || status=1
 
+# The fault suite, short form, on the debug builds made above (`just chaos` runs the
+# long one on release builds).
+if [ $# -eq 0 ]; then
+  say "the fault suite, short form (tools/chaos)"
+  PMCORE_BUILD=debug scripts/chaos.sh --short || status=1
+fi
+
 # The embedded broker alone (a private tansu, a plain Python consumer group): a group
 # it wedges after a stall must recover in its next generation, as pmcore's consumers
 # move it (docs/decisions/0011); prints `broker: passed` once tansu stops wedging groups.

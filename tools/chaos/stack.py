@@ -34,6 +34,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def terminate(proc, grace_s=30):
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def log(msg):
     print(f"\033[1m[chaos]\033[0m {msg}", file=sys.stderr, flush=True)
 
@@ -90,25 +100,34 @@ class Broker(_Broker):
 
     def __init__(self):
         super().__init__(os.environ.get("PMCORE_TANSU_BIN", "tansu"), "sqlite", free_port())
+        # What it tells clients to connect to (a proxy in front of it, say).
+        self.advertised_port = self.port
 
     @property
     def brokers(self):
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self):
-        super().start()
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [self.binary, "broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", url,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "broker.log"), "ab"))
+        wait_for("the broker to listen", self._listens, 30, 0.1)
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "broker", "tansu_indexes.py"),
                         os.path.join(self.dir, "tansu.db")], check=True)
+
+    def _listens(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self):
         """SIGTERM and wait, as an operator's restart would."""
         if self.proc:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
             self.proc = None
 
 
@@ -126,6 +145,8 @@ class World:
         self.admin_url = base.rsplit("/", 1)[0] + "/postgres"
         self.url = base.rsplit("/", 1)[0] + "/" + self.db
         self.brokers = brokers or os.environ["PMCORE_KAFKA_BROKERS"]
+        # What the services get instead of the defaults (e.g. addresses through a proxy).
+        self.extra_env = {}
         self.psql_admin(f"create database {self.db}")
 
     def psql_admin(self, sql):
@@ -144,7 +165,7 @@ class World:
         return {**os.environ, "PMCORE_DATABASE_URL": self.url, "PMCORE_KAFKA_TOPIC_PREFIX": self.prefix,
                 "PMCORE_KAFKA_BROKERS": self.brokers, "PMCORE_LOG": "warn", "PMCORE_LOG_FORMAT": "text",
                 "PMCORE_API_RATE_LIMIT_PER_SECOND": "100000", "PMCORE_API_RATE_LIMIT_BURST": "100000",
-                **extra}
+                **self.extra_env, **extra}
 
     def service(self, name, **extra):
         return Service(self, name, extra)
@@ -201,12 +222,7 @@ class Service:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

@@ -256,37 +256,14 @@ async fn a_generated_bootstrap_secret_goes_to_a_private_file_not_the_log() {
     std::fs::remove_dir_all(dir).ok();
 
     // The install itself is the trail's first entries: its organization and admin client.
-    use rdkafka::{
-        ClientConfig, Message,
-        consumer::{Consumer, StreamConsumer},
-        message::Headers,
-    };
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("reader-{}", Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&kafka.topic("pm.organizations.v1")])
-        .expect("subscribe");
-    let header = |m: &rdkafka::message::BorrowedMessage<'_>, name: &str| {
-        m.headers()
-            .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(60), consumer.recv())
-            .await
-            .expect("the bootstrap's events arrive")
-            .expect("message");
-        seen.push((header(&m, "ce_type"), header(&m, "ce_principal")));
-    }
+    let org: Uuid = sqlx::query_scalar("select organization_id from pm.api_client where id = $1")
+        .bind(Uuid::parse_str(id).expect("client id"))
+        .fetch_one(&db.pool)
+        .await
+        .expect("the bootstrap organization");
     let by_api = |t: &str| (t.to_owned(), "service:api".to_owned());
     assert_eq!(
-        seen,
+        crate::helpers::published(&kafka, "pm.organizations.v1", &org.to_string(), 2).await,
         vec![
             by_api("pmcore.organization.created.v1"),
             by_api("pmcore.api-client.created.v1")

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     gateways::register,
-    helpers::{Caller, TestApi, problem, program_in, spawn_with},
+    helpers::{Caller, TestApi, problem, program_in, published, spawn_with},
 };
 
 /// The api, a worker and a bucket watcher sharing buckets no other test uses.
@@ -199,50 +199,6 @@ impl Scene {
         .map(|(e, kw, t)| (e, (kw, t)))
         .collect()
     }
-}
-
-/// Records on `topic` whose key is `subject`, as (`ce_type`, `ce_principal`), once
-/// `want` of them arrived.
-async fn published(
-    kafka: &KafkaConfig,
-    topic: &str,
-    subject: &str,
-    want: usize,
-) -> Vec<(String, String)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("reader-{}", Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&kafka.topic(topic)])
-        .expect("subscribe");
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.len() < want {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!("{want} records for {subject} on {topic} within 60 s; saw {seen:?}")
-            })
-            .expect("message");
-        if message.key() != Some(subject.as_bytes()) {
-            continue;
-        }
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| {
-                    use rdkafka::message::Headers;
-                    h.iter().find(|x| x.key == name).and_then(|x| x.value)
-                })
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        seen.push((header("ce_type"), header("ce_principal")));
-    }
-    seen
 }
 
 /// How many more records keyed `subject` follow the first `skip` within `quiet`.

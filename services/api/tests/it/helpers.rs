@@ -242,3 +242,52 @@ pub(crate) fn program_in() -> Value {
         "limits": {"max_events_per_season": 20, "max_event_duration_minutes": 240, "min_notice_minutes": 60}
     })
 }
+
+/// Records on `topic` whose key is `subject`, as (`ce_type`, `ce_principal`), once
+/// `want` of them arrived.
+pub(crate) async fn published(
+    kafka: &KafkaConfig,
+    topic: &str,
+    subject: &str,
+    want: usize,
+) -> Vec<(String, String)> {
+    use rdkafka::{
+        ClientConfig, Message,
+        consumer::{Consumer, StreamConsumer},
+    };
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("reader-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&kafka.topic(topic)])
+        .expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < want {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{want} records for {subject} on {topic} within 60 s; saw {seen:?}")
+            })
+            .expect("message");
+        if message.key() != Some(subject.as_bytes()) {
+            continue;
+        }
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| {
+                    use rdkafka::message::Headers;
+                    h.iter().find(|x| x.key == name).and_then(|x| x.value)
+                })
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        seen.push((header("ce_type"), header("ce_principal")));
+    }
+    seen
+}

@@ -200,11 +200,9 @@ async fn a_burst_is_stored_in_batches_and_a_poison_command_is_parked_alone() {
 /// the gateway's answer then settles it (before, it stayed `received` for good).
 #[tokio::test]
 async fn a_command_whose_final_answer_was_lost_is_delivered_again_on_the_next_session() {
-    use futures::StreamExt;
-    use pmcore_der_gateway_relay::protocol::{AckStatus, GatewayFrame, RelayFrame};
-    use tokio_tungstenite::tungstenite::Message;
+    use pmcore_der_gateway_relay::protocol::{AckStatus, GatewayFrame};
 
-    use crate::helpers::{raw_session, send};
+    use crate::helpers::{command_arrives, raw_session, send};
 
     let env = Env::new().await;
     let relay = env.relay().await;
@@ -214,19 +212,7 @@ async fn a_command_whose_final_answer_was_lost_is_delivered_again_on_the_next_se
     let command = env
         .command(&spec, spec.ders[0].id, chrono::Duration::minutes(10))
         .await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(message)) = session.next().await {
-            if let Message::Text(text) = message
-                && let Ok(RelayFrame::Command(c)) = serde_json::from_str(&text)
-                && c.command_id == command
-            {
-                return;
-            }
-        }
-        panic!("the session ended before the command");
-    })
-    .await
-    .expect("the command in time");
+    command_arrives(&mut session, command).await;
     send(
         &mut session,
         &GatewayFrame::CommandAck {

@@ -282,3 +282,20 @@ pub(crate) async fn close_code(socket: &mut Socket) -> Option<u16> {
         }
     }
 }
+
+/// Reads frames until the command `id` arrives; fails after 20 s.
+pub(crate) async fn command_arrives(socket: &mut Socket, id: Uuid) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message
+                && let Ok(RelayFrame::Command(c)) = serde_json::from_str(&text)
+                && c.command_id == id
+            {
+                return;
+            }
+        }
+        panic!("the session ended before command {id}");
+    })
+    .await
+    .expect("the command in time");
+}

@@ -15,25 +15,8 @@ use pmcore_testkit::eventually;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::helpers::{Env, Socket, close_code, raw_session, send, url};
+use crate::helpers::{Env, Socket, close_code, command_arrives, raw_session, send, url};
 use pmcore_seed::fleet::GatewaySpec;
-
-/// Reads frames until the command `id` arrives; fails after 20 s.
-async fn command_arrives(socket: &mut Socket, id: Uuid) {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(message)) = socket.next().await {
-            if let Message::Text(text) = message
-                && let Ok(RelayFrame::Command(c)) = serde_json::from_str(&text)
-                && c.command_id == id
-            {
-                return;
-            }
-        }
-        panic!("the session ended before command {id}");
-    })
-    .await
-    .expect("the command in time");
-}
 
 /// What the session receives until it ends: the command ids, and the close code.
 async fn until_closed(socket: &mut Socket) -> (Vec<Uuid>, Option<u16>) {
