@@ -70,7 +70,7 @@ fi
 # schemathesis in the stack's Python library folder.
 if [ "$want" = all ] || [ "$want" = subscriber ]; then
   lib="${PMCORE_STACK_DIR:-$PWD/.stack}/pylib"
-  if ! PYTHONPATH="$lib" python3 -c "import confluent_kafka, fastavro, yaml, sys; sys.exit(not (confluent_kafka.version()[0] == '2.16.1' and fastavro.__version__ == '1.13.1' and yaml.__version__ == '6.0.3'))" 2>/dev/null; then
+  if ! PYTHONPATH="$lib" python3 -c "import confluent_kafka, fastavro, yaml, sys; sys.exit(not (confluent_kafka.__version__ == '2.16.1' and fastavro.__version__ == '1.13.1' and yaml.__version__ == '6.0.3'))" 2>/dev/null; then
     say "pip install confluent-kafka 2.16.1, fastavro 1.13.1, PyYAML 6.0.3 into $lib"
     python3 -m pip install --quiet --disable-pip-version-check --upgrade --target "$lib" \
       "confluent-kafka==2.16.1" "fastavro==1.13.1" "PyYAML==6.0.3"
