@@ -6,10 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use aws_sdk_s3::primitives::ByteStream;
 use pmcore_kafka::KafkaConfig;
 use pmcore_testkit::{Running, eventually};
-use rdkafka::{
-    ClientConfig, Message,
-    consumer::{Consumer, StreamConsumer},
-};
+use rdkafka::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -209,15 +206,7 @@ async fn published_after(
     skip: usize,
     quiet: Duration,
 ) -> usize {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("reader-{}", Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&kafka.topic(topic)])
-        .expect("subscribe");
+    let consumer = crate::helpers::topic_reader(kafka, topic);
     let mut seen = 0usize;
     while let Ok(message) = tokio::time::timeout(quiet, consumer.recv()).await {
         if message.expect("message").key() == Some(subject.as_bytes()) {

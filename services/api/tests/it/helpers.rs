@@ -243,20 +243,11 @@ pub(crate) fn program_in() -> Value {
     })
 }
 
-/// Records on `topic` whose key is `subject`, as (`ce_type`, `ce_principal`), once
-/// `want` of them arrived.
-pub(crate) async fn published(
-    kafka: &KafkaConfig,
-    topic: &str,
-    subject: &str,
-    want: usize,
-) -> Vec<(String, String)> {
-    use rdkafka::{
-        ClientConfig, Message,
-        consumer::{Consumer, StreamConsumer},
-    };
+/// A consumer of its own group reading the logical `topic` from its beginning.
+pub(crate) fn topic_reader(kafka: &KafkaConfig, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
 
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", format!("reader-{}", Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
@@ -265,6 +256,20 @@ pub(crate) async fn published(
     consumer
         .subscribe(&[&kafka.topic(topic)])
         .expect("subscribe");
+    consumer
+}
+
+/// Records on `topic` whose key is `subject`, as (`ce_type`, `ce_principal`), once
+/// `want` of them arrived.
+pub(crate) async fn published(
+    kafka: &KafkaConfig,
+    topic: &str,
+    subject: &str,
+    want: usize,
+) -> Vec<(String, String)> {
+    use rdkafka::Message;
+
+    let consumer = topic_reader(kafka, topic);
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < want {

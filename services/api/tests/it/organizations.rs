@@ -157,11 +157,7 @@ async fn utility_roles_are_refused_for_other_organizations_and_unknown_ones_404(
 
 #[tokio::test]
 async fn a_disabled_client_is_refused_at_once_and_every_change_is_published() {
-    use rdkafka::{
-        ClientConfig, Message,
-        consumer::{Consumer, StreamConsumer},
-        message::Headers,
-    };
+    use rdkafka::{Message, message::Headers};
 
     let api = crate::helpers::spawn_app().await;
     let caller = api.caller("aggregator", &["aggregator"]).await;
@@ -220,15 +216,7 @@ async fn a_disabled_client_is_refused_at_once_and_every_change_is_published() {
     crate::helpers::problem(r, reqwest::StatusCode::NOT_FOUND).await;
 
     // Organization created, client created, client disabled (once), on the topic.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &api.kafka.brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&api.kafka.topic("pm.organizations.v1")])
-        .expect("subscribe");
+    let consumer = crate::helpers::topic_reader(&api.kafka, "pm.organizations.v1");
     let mut seen = Vec::new();
     while !seen.contains(&"pmcore.api-client.disabled.v1".to_owned()) {
         let m = tokio::time::timeout(std::time::Duration::from_secs(60), consumer.recv())
@@ -257,10 +245,7 @@ async fn a_disabled_client_is_refused_at_once_and_every_change_is_published() {
 
 #[tokio::test]
 async fn refused_token_requests_reach_the_trail_as_one_counted_summary() {
-    use rdkafka::{
-        ClientConfig, Message,
-        consumer::{Consumer, StreamConsumer},
-    };
+    use rdkafka::Message;
 
     let api = crate::helpers::spawn_with(|c| c.refused_logins_interval_s = 1).await;
     let caller = api.caller("aggregator", &["aggregator"]).await;
@@ -276,15 +261,7 @@ async fn refused_token_requests_reach_the_trail_as_one_counted_summary() {
     let stranger = uuid::Uuid::now_v7();
     assert!(api.token(stranger, "whatever").await.is_none());
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &api.kafka.brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&api.kafka.topic("pm.organizations.v1")])
-        .expect("subscribe");
+    let consumer = crate::helpers::topic_reader(&api.kafka, "pm.organizations.v1");
     let mut seen: Vec<pmcore_events::domain::RefusedClient> = Vec::new();
     let count =
         |seen: &[pmcore_events::domain::RefusedClient], id: &uuid::Uuid, reason: &str| -> i64 {

@@ -1,11 +1,7 @@
 use std::collections::BTreeSet;
 
 use pmcore_kafka::KafkaConfig;
-use rdkafka::{
-    ClientConfig, Message,
-    consumer::{Consumer, StreamConsumer},
-    message::Headers,
-};
+use rdkafka::{Message, message::Headers};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -33,15 +29,7 @@ async fn transition(api: &TestApi, token: &str, id: &str, action: &str) -> reqwe
 
 /// The `ce_type`s published for `subject`, read from the programs topic.
 async fn published_types(kafka: &KafkaConfig, subject: &str, want: usize) -> Vec<(String, String)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("reader-{}", Uuid::now_v7()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&kafka.topic("pm.programs.v1")])
-        .expect("subscribe");
+    let consumer = crate::helpers::topic_reader(kafka, "pm.programs.v1");
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while seen.len() < want {
