@@ -86,6 +86,9 @@ pub struct Hub {
     /// Names this process in presence events.
     pub instance: String,
     pub cancel: CancellationToken,
+    /// Every upgraded session, so shutdown can wait for their goodbyes (close frame,
+    /// presence event) before the process exits.
+    pub tasks: tokio_util::task::TaskTracker,
     sessions: Mutex<HashMap<Uuid, Entry>>,
 }
 
@@ -121,6 +124,7 @@ impl Hub {
             limits,
             instance: format!("{host}-{}", Uuid::now_v7().simple()),
             cancel,
+            tasks: tokio_util::task::TaskTracker::new(),
             sessions: Mutex::new(HashMap::new()),
         })
     }

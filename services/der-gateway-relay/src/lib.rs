@@ -192,10 +192,11 @@ impl Service for App {
                 }
             }
         };
+        let (sessions, goodbye) = (hub.tasks.clone(), hub.limits.send_timeout);
         let routes = Router::new()
             .route("/v1/gateway", get(upgrade))
             .with_state(hub);
-        supervise(
+        let result = supervise(
             cancel.clone(),
             vec![
                 self.platform.prepare_topics(cancel.clone()),
@@ -207,7 +208,20 @@ impl Service for App {
                 self.platform.serve(routes, readiness, cancel),
             ],
         )
-        .await
+        .await;
+        // Upgraded connections live outside the server's graceful shutdown: wait for
+        // each session's close frame and presence event, bounded by one send timeout.
+        sessions.close();
+        if tokio::time::timeout(goodbye + Duration::from_secs(5), sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = sessions.len(),
+                "sessions still open at exit; their gateways show online until they reconnect"
+            );
+        }
+        result
     }
 }
 
@@ -246,5 +260,8 @@ async fn upgrade(
     let max = hub.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(hub, socket))
+        .on_upgrade(move |socket| {
+            let tasks = hub.tasks.clone();
+            tasks.track_future(session::run(hub, socket))
+        })
 }

@@ -349,3 +349,28 @@ async fn new_connections_beyond_an_addresses_rate_are_refused_before_any_work() 
         .await
         .expect("welcomed once the rate allows");
 }
+
+/// A relay told to stop (SIGTERM) says so to each gateway (close 1001, reconnect
+/// elsewhere) and records the disconnect, instead of dropping the sockets.
+#[tokio::test]
+async fn a_relay_shutting_down_closes_its_sessions_and_records_them_offline() {
+    let env = Env::new().await;
+    let relay = env.relay().await;
+    let spec = env.gateway(1).await;
+    let mut session = raw_session(&url(&relay), &spec).await;
+    eventually(Duration::from_secs(10), "online", || {
+        let env = &env;
+        async move { env.online(spec.id).await.then_some(()) }
+    })
+    .await;
+    let stopping = tokio::spawn(relay.stop());
+    assert_eq!(close_code(&mut session).await, Some(1001));
+    stopping.await.expect("joined").expect("the relay stops");
+    let (online, session_id): (bool, Option<Uuid>) =
+        sqlx::query_as("select online, session_id from pm.gateway where id = $1")
+            .bind(spec.id)
+            .fetch_one(&env.db.pool)
+            .await
+            .expect("gateway");
+    assert!(!online && session_id.is_none(), "recorded offline");
+}
