@@ -31,6 +31,7 @@ SCENARIOS = {
     "api-kills": domain.api_kills,
     "poison": domain.poison,
     "outages": outages.outages,
+    "black-hole": outages.black_hole,
     "gateway-reconnect": reconnect.gateway_reconnect,
     "authorization": domain.authorization,
     "schemathesis": contracts.schemathesis,

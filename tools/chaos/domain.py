@@ -228,6 +228,9 @@ def authorization(args):
     api = world.service("api", PMCORE_MIGRATE_ON_START="true").start()
     # The seed imports a file of enrollments: the bucket watcher and the worker take it in.
     helpers = [world.service("worker").start(), world.service("bucket-watcher").start()]
+    audit = world.service("audit-log", PMCORE_MIGRATE_ON_START="true").start()
+    messaging = world.service("messaging").start()
+    helpers += [audit, messaging]
     try:
         creds = os.path.join(world.dir, "credentials.json")
         subprocess.run([world.binary("seed"), "--api", api.url, "--ders-per-aggregator", "5",
@@ -298,6 +301,12 @@ def authorization(args):
                         leaks.append(f"{role} {method.upper()} {path} -> {status}")
                     elif status not in (403, 404):
                         unexpected.append(f"{role} {method.upper()} {path} -> {status}")
+        # The audit log's and messaging's objects, from their own documents.
+        n, more_leaks, more_unexpected, controls = others(api, audit, messaging, owner, tokens, admin)
+        tried += n
+        control += controls
+        leaks += more_leaks
+        unexpected += more_unexpected
         for line in leaks + unexpected:
             log(f"authorization: {line}")
         passed = not leaks and not unexpected and tried > 0
@@ -310,3 +319,63 @@ def authorization(args):
         api.stop()
         if not args.keep:
             world.drop()
+
+
+def others(api, audit, messaging, owner, tokens, admin):
+    """The matrix over the audit log's and messaging's objects: the owner's endpoint,
+    contact and message, one of its audit entries, and an export of the utility's.
+    Inclusion and consistency proofs are hashes only, public by design (as in
+    Certificate Transparency), so they are not in it."""
+    owner_token = token(api.url, owner["client_id"], owner["client_secret"])
+    status, body = http("POST", f"{api.url}/v1/organizations/{owner['organization_id']}/clients", admin,
+                        {"name": "chaos-owner-auditor", "roles": ["auditor"]})
+    owner_auditor = token(api.url, body["id"], body["client_secret"])
+    m = f"{messaging.url}/v1/messaging"
+    endpoint = http("POST", f"{m}/endpoints", owner_token, {"url": "http://127.0.0.1:9/chaos"})[1]["id"]
+    contact = http("POST", f"{m}/contacts", owner_token, {"email": "owner@chaos.test"})[1]["id"]
+    message = http("POST", f"{m}/endpoints/{endpoint}/test", owner_token)[1]["message_id"]
+
+    def own_entry():
+        status, body = http("GET", f"{audit.url}/v1/audit/entries?limit=1", owner_auditor)
+        items = body.get("items", []) if status == 200 else []
+        return str(items[0]["index"]) if items else None
+    entry = wait_for("an audit entry of the owner's organization", own_entry, 60, 0.5)
+    export = http("POST", f"{audit.url}/v1/audit/exports", admin, {"from": 0, "to": 1})[1]["id"]
+    owned = {"endpoints": endpoint, "contacts": contact, "messages": message,
+             "entries": entry, "exports": export}
+    bodies = {("patch", "/v1/messaging/endpoints/{id}"): {"description": "chaos"},
+              ("post", "/v1/messaging/endpoints/{id}/rotate-secret"): {}}
+    tried, leaks, unexpected, control = 0, [], [], 0
+    for service, owner_reader in ((messaging, owner_token), (audit, owner_auditor)):
+        doc = http("GET", f"{service.url}/openapi.json")[1]
+        for path, ops in doc["paths"].items():
+            kind = path.split("/")[3]
+            if "{" not in path:
+                if "get" in ops and kind in owned:  # lists: none of the owner's objects
+                    for role, t in tokens.items():
+                        status, body = http("GET", f"{service.url}{path}", t)
+                        tried += 1
+                        listed = [str(i.get("id", i.get("index"))) for i in (body or {}).get("items", [])] \
+                            if status == 200 else []
+                        if owned[kind] in listed:
+                            leaks.append(f"{role} GET {path}")
+                continue
+            if kind not in owned or path.endswith("/proof"):
+                continue
+            url = path.replace("{id}", owned[kind]).replace("{index}", owned[kind])
+            if "get" in ops:  # the control: the owner reaches its own object
+                control += 1
+                status, _ = http("GET", f"{service.url}{url}", owner_reader if kind != "exports" else admin)
+                if status != 200:
+                    unexpected.append(f"owner GET {path} -> {status}")
+            for method in ops:
+                if method not in ("get", "post", "patch", "put", "delete"):
+                    continue
+                for role, t in tokens.items():
+                    status, _ = http(method.upper(), f"{service.url}{url}", t, bodies.get((method, path)))
+                    tried += 1
+                    if 200 <= status < 300:
+                        leaks.append(f"{role} {method.upper()} {path} -> {status}")
+                    elif status not in (403, 404):
+                        unexpected.append(f"{role} {method.upper()} {path} -> {status}")
+    return tried, leaks, unexpected, control

@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.parse
 
-from stack import Broker, World, free_port, log, wait_for
+from stack import Broker, World, free_port, http, log, token, wait_for
 from telemetry import Fleet, settle
 
 READY_AGAIN_S = 30
@@ -22,9 +22,25 @@ class Proxy:
         self.target = ("127.0.0.1", target_port)
         self.port = free_port()
         self.conns = set()
+        # Connections whose bytes are read and dropped (see silence()).
+        self.silenced = set()
+        self.silent = False
         self.lock = threading.Lock()
         self.listener = None
         self.up()
+
+    def silence(self):
+        """A black hole: every open connection, and each one opened until speak(),
+        stays open but carries nothing, as behind a firewall that lost its state
+        without telling either side. A close still passes."""
+        with self.lock:
+            self.silent = True
+            self.silenced |= self.conns
+
+    def speak(self):
+        """New connections carry data again; those silenced stay silent for good."""
+        with self.lock:
+            self.silent = False
 
     def up(self):
         s = socket.socket()
@@ -73,6 +89,8 @@ class Proxy:
                 continue
             with self.lock:
                 self.conns.update((client, upstream))
+                if self.silent:
+                    self.silenced.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -82,6 +100,8 @@ class Proxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if src in self.silenced:
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -93,6 +113,8 @@ class Proxy:
         with self.lock:
             self.conns.discard(src)
             self.conns.discard(dst)
+            self.silenced.discard(src)
+            self.silenced.discard(dst)
 
 
 def outages(args):
@@ -154,5 +176,70 @@ def outages(args):
         if fleet:
             fleet.stop()
         broker.cleanup()
+        if not args.keep:
+            world.drop()
+
+
+def black_hole(args):
+    """Postgres goes silent rather than away: its connections stay open and carry
+    nothing (Proxy.silence). Each service must say so on /readyz, give up the silent
+    connections (its consumers within PMCORE_CONSUMER_DATABASE_TIMEOUT_S, set to 10 s
+    here) and be ready again after; every acknowledged reading stored, and an event
+    written after the fault published (the outbox relay's own connection went silent
+    too)."""
+    silent_s = 20 if args.short else 60
+    limit_s = 10
+    pg = urllib.parse.urlsplit(os.environ["PMCORE_DATABASE_URL"])
+    pg_proxy = Proxy(pg.port)
+    world = World("black-hole", args.build, args.workdir)
+    world.service_url = world.url.replace(f":{pg.port}/", f":{pg_proxy.port}/")
+    world.extra_env = {"PMCORE_DATABASE_URL": world.service_url,
+                       "PMCORE_CONSUMER_DATABASE_TIMEOUT_S": str(limit_s),
+                       "PMCORE_DATABASE_STATEMENT_TIMEOUT_MS": str(limit_s * 1000 // 2)}
+    fleet = None
+    try:
+        fleet = Fleet(world, 2, 250) if args.short else Fleet(world, 10, 500)
+        services = {"api": fleet.api, "relay": fleet.relay, "worker": fleet.worker}
+        sim = fleet.stream(0)
+        time.sleep(5)
+        log(f"black-hole: postgres silent for {silent_s} s")
+        pg_proxy.silence()
+        noticed = set()
+        until = time.time() + silent_s
+        while time.time() < until:
+            noticed |= {n for n, s in services.items() if not s.ready()}
+            time.sleep(1)
+        pg_proxy.speak()
+        healed = time.time()
+        try:
+            wait_for("every service ready after the silence",
+                     lambda: all(s.ready() for s in services.values()), READY_AGAIN_S + limit_s + 30, 0.5)
+            again = round(time.time() - healed, 1)
+        except TimeoutError:
+            again = None
+        admin = token(fleet.api.url, os.environ["PMCORE_BOOTSTRAP_CLIENT_ID"],
+                      os.environ["PMCORE_BOOTSTRAP_CLIENT_SECRET"])
+        status, _ = http("POST", f"{fleet.api.url}/v1/organizations", admin,
+                         {"name": "After the silence", "kind": "aggregator"})
+        try:
+            wait_for("the outbox published after the silence",
+                     lambda: world.scalar("select count(*) from pm.outbox") == 0, READY_AGAIN_S + 2 * limit_s + 30, 0.5)
+            published = True
+        except TimeoutError:
+            published = False
+        sim.send_signal(2)
+        sim.wait(60)
+        acked = fleet.summary()["acked"]
+        stored = settle(world, acked, args.stall_s)
+        exited = [n for n, s in services.items() if not s.alive()]
+        passed = (len(noticed) == len(services) and again is not None and again <= READY_AGAIN_S + limit_s
+                  and status == 201 and published and acked > 0 and stored >= acked and not exited)
+        return "black-hole", passed, {
+            "noticed": f"{len(noticed)}/{len(services)}", "ready_again_s": again,
+            "write_after": status, "outbox_published": published,
+            "acknowledged": acked, "stored": stored, "exited": ",".join(exited) or "none"}
+    finally:
+        if fleet:
+            fleet.stop()
         if not args.keep:
             world.drop()

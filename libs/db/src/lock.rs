@@ -2,9 +2,14 @@
 //! (the scheduler's leader, the outbox relay's publisher) without a transaction held
 //! open. The lock lives as long as the connection, so a crashed holder frees it.
 
-use std::ops::{Deref, DerefMut};
+use std::{
+    ops::{Deref, DerefMut},
+    time::Duration,
+};
 
 use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// A held lock. Dropping it closes its connection (a pooled connection that kept the
 /// lock would lock everyone else out); [`SessionLock::release`] unlocks politely.
@@ -16,14 +21,20 @@ pub struct SessionLock {
 }
 
 impl SessionLock {
-    /// Takes the lock if free; None when another session holds it.
-    pub async fn try_take(pool: &PgPool, key: i64) -> sqlx::Result<Option<Self>> {
+    /// Takes the lock if free; None when another session holds it. A connection that
+    /// does not answer within `limit` is closed (see [`crate::within`]).
+    pub async fn try_take(pool: &PgPool, key: i64, limit: Duration) -> sqlx::Result<Option<Self>> {
         let mut conn = pool.acquire().await?;
-        let (got, backend_pid): (bool, i32) =
-            sqlx::query_as("select pg_try_advisory_lock($1), pg_backend_pid()")
-                .bind(key)
-                .fetch_one(&mut *conn)
-                .await?;
+        let asked = sqlx::query_as("select pg_try_advisory_lock($1), pg_backend_pid()")
+            .bind(key)
+            .fetch_one(&mut *conn);
+        let (got, backend_pid): (bool, i32) = match tokio::time::timeout(limit, asked).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                drop(conn.detach());
+                return Err(crate::NoAnswer(limit).into());
+            }
+        };
         // A connection that failed to lock goes back to the pool holding nothing.
         Ok(got.then_some(Self {
             conn: Some(conn),
@@ -42,9 +53,9 @@ impl SessionLock {
         if let Some(mut conn) = self.conn.take() {
             let unlocked = sqlx::query("select pg_advisory_unlock($1)")
                 .bind(self.key)
-                .execute(&mut *conn)
-                .await;
-            if unlocked.is_err() {
+                .execute(&mut *conn);
+            // Closing the connection frees the lock as well, and cannot hang.
+            if !matches!(tokio::time::timeout(RELEASE_WITHIN, unlocked).await, Ok(Ok(_))) {
                 drop(conn.detach());
             }
         }

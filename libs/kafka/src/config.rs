@@ -114,6 +114,17 @@ pub struct KafkaConfig {
     )]
     pub inbox_retention_days: i32,
 
+    /// Longest a consumer or the outbox relay waits for Postgres to finish one unit
+    /// of work (a record's or a batch's transaction) before it closes the connection
+    /// and tries again on another, in seconds. Above the statement timeout, so it
+    /// only ends waits on a database that has gone silent.
+    #[arg(
+        long = "consumer-database-timeout-s",
+        env = "PMCORE_CONSUMER_DATABASE_TIMEOUT_S",
+        default_value_t = 90
+    )]
+    pub database_timeout_s: u64,
+
     /// How this process's consumers are doing; shared by every clone, read by `/readyz`.
     #[arg(skip)]
     pub health: ConsumerHealth,
@@ -133,6 +144,7 @@ impl KafkaConfig {
             fetch_wait_ms: 500,
             background_fetch_wait_ms: 2000,
             inbox_retention_days: 14,
+            database_timeout_s: 90,
             health: ConsumerHealth::default(),
         }
     }
@@ -143,6 +155,10 @@ impl KafkaConfig {
             crate::consumer::Pace::Prompt => self.fetch_wait_ms,
             crate::consumer::Pace::Background => self.background_fetch_wait_ms,
         }
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_timeout_s.max(1))
     }
 
     pub fn stall_after(&self) -> Duration {

@@ -19,7 +19,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -110,6 +110,12 @@ impl HandlerError {
             Ok(db) => db.into(),
             Err(other) => HandlerError::Permanent(other),
         }
+    }
+}
+
+impl From<pmcore_db::NoAnswer> for HandlerError {
+    fn from(error: pmcore_db::NoAnswer) -> Self {
+        HandlerError::Unavailable(error.into())
     }
 }
 
@@ -429,7 +435,7 @@ async fn process<H: Handler>(
     let mut retry = retry_policy();
     let mut attempts = 0;
     loop {
-        let (error, again) = match apply(pool, spec, handler, &record)
+        let (error, again) = match apply(config, pool, spec, handler, &record)
             .instrument(span.clone())
             .await
         {
@@ -485,7 +491,7 @@ async fn process_batch<H: Handler>(
             parsed.push((i, record));
         }
     }
-    match apply_many(pool, spec, handler, &parsed).await {
+    match apply_many(config, pool, spec, handler, &parsed).await {
         Ok(fresh) => {
             for ((i, _), fresh) in parsed.iter().zip(fresh) {
                 outcomes[*i] = Some(if fresh {
@@ -513,50 +519,58 @@ async fn process_batch<H: Handler>(
 /// One transaction for many records: inbox claims, handler, commit. Per record,
 /// whether it was new (false: a duplicate, nothing done).
 async fn apply_many<H: Handler>(
+    config: &KafkaConfig,
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
     records: &[(usize, Incoming)],
 ) -> Result<Vec<bool>, HandlerError> {
-    let mut tx = pool.begin().await?;
-    let ids: Vec<uuid::Uuid> = records.iter().map(|(_, r)| r.envelope.id).collect();
-    let mut claimed: std::collections::HashSet<uuid::Uuid> = spec
-        .inbox
-        .claim_many(&mut tx, &spec.group, &ids)
-        .await?
-        .into_iter()
-        .collect();
-    // A record delivered twice within the batch is new only the first time.
-    let fresh: Vec<bool> = ids.iter().map(|id| claimed.remove(id)).collect();
-    let todo: Vec<&Incoming> = records
-        .iter()
-        .zip(&fresh)
-        .filter(|(_, fresh)| **fresh)
-        .map(|((_, r), _)| r)
-        .collect();
-    handler.handle_many(&mut tx, &todo).await?;
-    tx.commit().await?;
-    Ok(fresh)
+    pmcore_db::within(pool, config.database_timeout(), async |conn| {
+        let mut tx = conn.begin().await?;
+        let ids: Vec<uuid::Uuid> = records.iter().map(|(_, r)| r.envelope.id).collect();
+        let mut claimed: std::collections::HashSet<uuid::Uuid> = spec
+            .inbox
+            .claim_many(&mut tx, &spec.group, &ids)
+            .await?
+            .into_iter()
+            .collect();
+        // A record delivered twice within the batch is new only the first time.
+        let fresh: Vec<bool> = ids.iter().map(|id| claimed.remove(id)).collect();
+        let todo: Vec<&Incoming> = records
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, fresh)| **fresh)
+            .map(|((_, r), _)| r)
+            .collect();
+        handler.handle_many(&mut tx, &todo).await?;
+        tx.commit().await?;
+        Ok(fresh)
+    })
+    .await
 }
 
 /// One transaction: inbox claim, handler, commit. Ok(false) for a duplicate.
 async fn apply<H: Handler>(
+    config: &KafkaConfig,
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
     record: &Incoming,
 ) -> Result<bool, HandlerError> {
-    let mut tx = pool.begin().await?;
-    if !spec
-        .inbox
-        .claim(&mut tx, &spec.group, record.envelope.id)
-        .await?
-    {
-        return Ok(false);
-    }
-    handler.handle(&mut tx, record).await?;
-    tx.commit().await?;
-    Ok(true)
+    pmcore_db::within(pool, config.database_timeout(), async |conn| {
+        let mut tx = conn.begin().await?;
+        if !spec
+            .inbox
+            .claim(&mut tx, &spec.group, record.envelope.id)
+            .await?
+        {
+            return Ok(false);
+        }
+        handler.handle(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await
 }
 
 fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming, String> {

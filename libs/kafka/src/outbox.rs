@@ -138,9 +138,10 @@ impl OutboxRelay {
         let mut lock: Option<SessionLock> = None;
         let mut retry = crate::retry_policy();
         let mut last_depth = Instant::now() - Duration::from_secs(60);
+        let limit = self.config.database_timeout();
         loop {
             if lock.is_none() {
-                lock = match SessionLock::try_take(&self.pool, RELAY_LOCK).await {
+                lock = match SessionLock::try_take(&self.pool, RELAY_LOCK, limit).await {
                     Ok(held) => held,
                     Err(error) => {
                         tracing::debug!(%error, "outbox relay needs Postgres");
@@ -161,7 +162,13 @@ impl OutboxRelay {
                         Duration::from_secs(5)
                     }
                 },
-                (Some(conn), Some(p)) => match self.publish_batch(conn, p).await {
+                (Some(conn), Some(p)) => match tokio::time::timeout(
+                    limit + Duration::from_millis(self.config.message_timeout_ms),
+                    self.publish_batch(conn, p),
+                )
+                .await
+                .unwrap_or_else(|_| Err(pmcore_db::NoAnswer(limit).into()))
+                {
                     Ok(done) if done.transient.is_none() => {
                         retry = crate::retry_policy();
                         // Something went out: look again at once, more may wait.
@@ -193,7 +200,11 @@ impl OutboxRelay {
             };
             if last_depth.elapsed() > Duration::from_secs(5) {
                 last_depth = Instant::now();
-                if let Ok(depth) = depth(&self.pool).await {
+                let counted = pmcore_db::within(&self.pool, limit, async |conn| {
+                    depth(conn).await.map_err(anyhow::Error::from)
+                })
+                .await;
+                if let Ok(depth) = counted {
                     metrics::gauge!("pmcore_outbox_depth").set(depth as f64);
                 }
             }
@@ -344,9 +355,9 @@ async fn park(conn: &mut PgConnection, refused: &[(i64, String)]) -> sqlx::Resul
 }
 
 /// Rows waiting to be published.
-pub async fn depth(pool: &PgPool) -> sqlx::Result<i64> {
+pub async fn depth(conn: &mut PgConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("select count(*) from pm.outbox")
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
 }
 

@@ -100,6 +100,7 @@ impl Platform {
     ) -> BoxFuture<'static, anyhow::Result<()>> {
         let pool = self.pool.clone();
         let keep_days = self.kafka.inbox_retention_days.max(1);
+        let limit = self.kafka.database_timeout();
         Box::pin(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
@@ -107,7 +108,7 @@ impl Platform {
                     () = cancel.cancelled() => return Ok(()),
                     _ = tick.tick() => {}
                 }
-                match inbox.prune(&pool, keep_days, 10_000).await {
+                match pmcore_db::bounded(limit, inbox.prune(&pool, keep_days, 10_000)).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, keep_days, "old inbox ids forgotten"),
                     Err(error) => tracing::warn!(%error, "inbox pruning failed"),

@@ -246,6 +246,7 @@ impl Service for App {
             self.platform.pool.clone(),
             self.state.signer.clone(),
             Duration::from_secs(self.config.checkpoint_interval_s.max(1)),
+            self.config.kafka.database_timeout(),
             cancel.clone(),
         );
         let exports = export::Runner {

@@ -88,7 +88,7 @@ pub(crate) async fn hold(
                     None
                 }
             },
-            None => match SessionLock::try_take(&pool, LEADER_LOCK).await {
+            None => match SessionLock::try_take(&pool, LEADER_LOCK, PING_TIMEOUT).await {
                 Ok(Some(lock)) => {
                     let backend = lock.backend_pid();
                     tracing::info!(backend, "became scheduler leader");

@@ -112,6 +112,7 @@ impl App {
                 .copied()
                 .filter(|m| *m > 0)
                 .collect(),
+            database_timeout: self.config.kafka.database_timeout(),
             ..dispatch::DispatchConfig::default()
         }
     }
@@ -157,6 +158,7 @@ impl Service for App {
             self.config.telemetry_retention_days.max(7),
             self.config.kafka.inbox_retention_days.max(1),
             Duration::from_secs(3600),
+            self.config.kafka.database_timeout(),
             cancel.clone(),
         );
         let dispatch = dispatch::run(

@@ -18,6 +18,7 @@ pub async fn maintain(
     retention_days: i32,
     inbox_retention_days: i32,
     every: Duration,
+    database_timeout: Duration,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -29,14 +30,15 @@ pub async fn maintain(
         if !leadership.is_leader() {
             continue;
         }
-        match once(&pool, retention_days).await {
+        match pmcore_db::bounded(database_timeout, once(&pool, retention_days)).await {
             Ok(0) => tracing::debug!("telemetry partitions in place"),
             Ok(dropped) => {
                 tracing::info!(dropped, retention_days, "old telemetry partitions dropped")
             }
             Err(error) => tracing::warn!(%error, "telemetry partition maintenance failed"),
         }
-        match crate::retention::once(&pool, retention_days, inbox_retention_days).await {
+        let pruning = crate::retention::once(&pool, retention_days, inbox_retention_days);
+        match pmcore_db::bounded(database_timeout, pruning).await {
             Ok(pruned) if pruned.total() == 0 => {}
             Ok(pruned) => tracing::info!(?pruned, "old inbox ids, commands and flags pruned"),
             Err(error) => tracing::warn!(%error, "pruning failed"),

@@ -94,7 +94,7 @@ impl Detector {
     }
 
     /// Loads nameplates of DERs not seen before.
-    pub async fn learn(&mut self, pool: &PgPool, der_ids: &[Uuid]) -> sqlx::Result<()> {
+    pub async fn learn(&mut self, conn: &mut PgConnection, der_ids: &[Uuid]) -> sqlx::Result<()> {
         let mut missing: Vec<Uuid> = der_ids
             .iter()
             .filter(|id| !self.ders.contains_key(id))
@@ -109,7 +109,7 @@ impl Detector {
             "select id, organization_id, nameplate_kw::float8 from pm.der where id = any($1)",
         )
         .bind(&missing)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
         for (id, organization_id, nameplate_kw) in rows {
             self.ders.insert(

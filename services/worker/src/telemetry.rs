@@ -19,7 +19,7 @@ use pmcore_kafka::{
     watchdog::{self, Watchdog},
 };
 use rdkafka::{Message, consumer::Consumer, message::BorrowedMessage};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -213,7 +213,12 @@ async fn run_once(
         if columns.len() > 0 {
             let started = Instant::now();
             // Judged once: a retried write must not lose or repeat a flag.
-            let found = match detector.learn(pool, &columns.der_id).await {
+            let limit = kafka.database_timeout();
+            let learnt = pmcore_db::within(pool, limit, async |conn| {
+                detector.learn(conn, &columns.der_id).await.map_err(anyhow::Error::from)
+            })
+            .await;
+            let found = match learnt {
                 Ok(()) => (0..columns.len())
                     .filter_map(|i| {
                         detector.observe(columns.der_id[i], columns.ts[i], columns.power_kw[i])
@@ -226,7 +231,11 @@ async fn run_once(
             };
             let mut attempt = 0u32;
             loop {
-                match write(pool, &columns, &mut partitions, &found).await {
+                let written = pmcore_db::within(pool, limit, async |conn| {
+                    write(conn, &columns, &mut partitions, &found).await
+                })
+                .await;
+                match written {
                     Ok(inserted) => {
                         let seconds = started.elapsed().as_secs_f64();
                         metrics::histogram!("pmcore_telemetry_write_seconds").record(seconds);
@@ -276,7 +285,7 @@ fn decode_into(message: &BorrowedMessage<'_>, columns: &mut Columns) -> Result<(
 /// One transaction: partitions, raw rows, rollups, anomalies. Returns the number
 /// of readings that were new.
 async fn write(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     columns: &Columns,
     partitions: &mut HashSet<NaiveDate>,
     found: &[anomalies::Anomaly],
@@ -286,12 +295,12 @@ async fn write(
         if !partitions.contains(&day) {
             sqlx::query("select pm.ensure_telemetry_partition($1)")
                 .bind(day)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             partitions.insert(day);
         }
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let inserted: i64 = sqlx::query_scalar(
         "with ins as (
              insert into pm.telemetry (der_id, ts, power_kw, soc_pct)

@@ -81,10 +81,11 @@ pub async fn run(
     pool: PgPool,
     signer: std::sync::Arc<CheckpointSigner>,
     interval: Duration,
+    database_timeout: Duration,
     cancel: CancellationToken,
 ) {
     loop {
-        match sign_if_grown(&pool, &signer).await {
+        match pmcore_db::bounded(database_timeout, sign_if_grown(&pool, &signer)).await {
             Ok(Some(size)) => tracing::info!(size, "checkpoint signed"),
             Ok(None) => {}
             Err(error) => tracing::warn!(error = format!("{error:#}"), "signing a checkpoint"),

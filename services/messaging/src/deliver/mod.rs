@@ -201,7 +201,9 @@ impl Senders {
             let leased = if asked == 0 {
                 Vec::new()
             } else {
-                match self.lease(asked).await {
+                // A lease query slower than the lease itself has lost its point.
+                let leasing = pmcore_db::bounded(self.lease, self.lease(asked));
+                match leasing.await {
                     Ok(rows) => rows,
                     Err(error) => {
                         tracing::warn!(error = %error, "leasing deliveries");

@@ -35,6 +35,9 @@ pub struct DispatchConfig {
     pub reminder_leads_minutes: Vec<i32>,
     /// How long a release stays deliverable to a gateway that is offline.
     pub release_ttl: chrono::Duration,
+    /// Longest one pass may wait on Postgres before it is abandoned (the next tick
+    /// retries): a connection gone silent would otherwise stop the clock for good.
+    pub database_timeout: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -44,6 +47,7 @@ impl Default for DispatchConfig {
             chunk: 500,
             reminder_leads_minutes: vec![1440, 60],
             release_ttl: chrono::Duration::hours(1),
+            database_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -83,7 +87,11 @@ pub async fn run(
         if !leadership.is_leader() {
             continue;
         }
-        match pass(&pool, &leadership, &clock, &config).await {
+        let passed = pmcore_db::bounded(
+            config.database_timeout,
+            pass(&pool, &leadership, &clock, &config),
+        );
+        match passed.await {
             Ok(done) if done.is_idle() => {}
             Ok(done) => tracing::info!(?done, "dispatch pass"),
             Err(error) => {
