@@ -55,7 +55,10 @@ impl SessionLock {
                 .bind(self.key)
                 .execute(&mut *conn);
             // Closing the connection frees the lock as well, and cannot hang.
-            if !matches!(tokio::time::timeout(RELEASE_WITHIN, unlocked).await, Ok(Ok(_))) {
+            if !matches!(
+                tokio::time::timeout(RELEASE_WITHIN, unlocked).await,
+                Ok(Ok(_))
+            ) {
                 drop(conn.detach());
             }
         }

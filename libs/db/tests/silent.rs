@@ -102,15 +102,26 @@ async fn work_on_a_silent_connection_ends_at_its_limit_and_the_connection_is_clo
         .await;
     let error = silent.expect_err("no answer");
     assert!(error.is::<NoAnswer>(), "{error:#}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    assert_eq!(pool.size(), 0, "the silent connection was closed, not pooled");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        pool.size(),
+        0,
+        "the silent connection was closed, not pooled"
+    );
 }
 
 #[tokio::test]
 async fn a_released_connection_that_stays_silent_is_closed_not_pooled() {
     let (pool, forwarder) = pool_through_forwarder().await;
     let mut conn = pool.acquire().await.expect("connected");
-    sqlx::query("select 1").execute(&mut *conn).await.expect("answered");
+    sqlx::query("select 1")
+        .execute(&mut *conn)
+        .await
+        .expect("answered");
     forwarder.silence();
     // A caller that gives up mid-query (a client that hung up on the api) drops its
     // connection with a query in flight.

@@ -215,7 +215,10 @@ async fn run_once(
             // Judged once: a retried write must not lose or repeat a flag.
             let limit = kafka.database_timeout();
             let learnt = pmcore_db::within(pool, limit, async |conn| {
-                detector.learn(conn, &columns.der_id).await.map_err(anyhow::Error::from)
+                detector
+                    .learn(conn, &columns.der_id)
+                    .await
+                    .map_err(anyhow::Error::from)
             })
             .await;
             let found = match learnt {
