@@ -31,12 +31,13 @@ fi
 db="pmcore_fuzz_$RANDOM$RANDOM"
 prefix="fuzz$RANDOM$RANDOM."
 export PMCORE_AUTH_JWT_SECRET="${PMCORE_AUTH_JWT_SECRET:-fuzz-$RANDOM$RANDOM-signing-key-for-this-run-only}"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port) ops=$(free_port)
 admin_url="${PMCORE_DATABASE_URL%/*}/postgres"
 psql -q "$admin_url" -c "create database $db"
 log="$PMCORE_STACK_DIR/api-fuzz.log"
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
-  PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" \
+  PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_API_OPS_LISTEN="127.0.0.1:$ops" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" \
   PMCORE_API_RATE_LIMIT_PER_SECOND=100000 PMCORE_API_RATE_LIMIT_BURST=100000 PMCORE_LOG=warn \
   "target/$FUZZ_BUILD/api" >"$log" 2>&1 &
 api=$!
@@ -50,7 +51,7 @@ cleanup() {
 trap cleanup EXIT
 
 for _ in $(seq 1 300); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$ops/readyz" 2>/dev/null && break
   sleep 0.2
 done
 token=""
@@ -70,13 +71,13 @@ PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$port/openap
   --hypothesis-seed 1 --hypothesis-max-examples "$EXAMPLES" --hypothesis-deadline None \
   --hypothesis-suppress-health-check all --no-color
 
-audit_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+audit_port=$(free_port) audit_ops=$(free_port)
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
-  PMCORE_AUDIT_LOG_LISTEN="127.0.0.1:$audit_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
+  PMCORE_AUDIT_LOG_LISTEN="127.0.0.1:$audit_port" PMCORE_AUDIT_LOG_OPS_LISTEN="127.0.0.1:$audit_ops" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
   "target/$FUZZ_BUILD/audit-log" >"$PMCORE_STACK_DIR/audit-fuzz.log" 2>&1 &
 audit=$!
 for _ in $(seq 1 300); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$audit_port/readyz" 2>/dev/null && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$audit_ops/readyz" 2>/dev/null && break
   sleep 0.2
 done
 # The api's run left a trail on the shared topics: let the audit log read it.
@@ -124,16 +125,16 @@ if PYTHONPATH="$lib" python3 tools/audit/verify_export.py "$file.tampered" "$vke
   say "the independent verifier accepted a tampered export"; exit 1
 fi
 
-messaging_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+messaging_port=$(free_port) messaging_ops=$(free_port)
 # Webhooks the fuzzer's endpoints would get go nowhere private, and no SMTP server.
 PMCORE_DATABASE_URL="${PMCORE_DATABASE_URL%/*}/$db" PMCORE_MIGRATE_ON_START=true \
-  PMCORE_MESSAGING_LISTEN="127.0.0.1:$messaging_port" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
+  PMCORE_MESSAGING_LISTEN="127.0.0.1:$messaging_port" PMCORE_MESSAGING_OPS_LISTEN="127.0.0.1:$messaging_ops" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn \
   PMCORE_MESSAGING_ALLOW_PRIVATE_TARGETS=false \
   PMCORE_MESSAGING_RATE_LIMIT_PER_SECOND=100000 PMCORE_MESSAGING_RATE_LIMIT_BURST=100000 \
   env -u PMCORE_SMTP_URL "target/$FUZZ_BUILD/messaging" >"$PMCORE_STACK_DIR/messaging-fuzz.log" 2>&1 &
 messaging=$!
 for _ in $(seq 1 300); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$messaging_port/readyz" 2>/dev/null && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$messaging_ops/readyz" 2>/dev/null && break
   sleep 0.2
 done
 say "schemathesis against messaging: seed 1, $EXAMPLES examples per operation"
@@ -145,7 +146,7 @@ PYTHONPATH="$lib" python3 -m schemathesis.cli run "http://127.0.0.1:$messaging_p
 
 say "the reference pages in headless Chromium, with no network beyond loopback"
 node tools/node/asyncapi.mjs html >/dev/null
-docs_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+docs_port=$(free_port)
 python3 -m http.server --bind 127.0.0.1 --directory asyncapi/dist "$docs_port" >/dev/null 2>&1 &
 docs_server=$!
 trap 'kill $docs_server 2>/dev/null || true; cleanup' EXIT

@@ -19,15 +19,16 @@ db="pmcore_bench"
 admin_url="${PMCORE_DATABASE_URL%/*}/postgres"
 db_url="${PMCORE_DATABASE_URL%/*}/$db"
 psql -q "$admin_url" -c "drop database if exists $db with (force)" -c "create database $db"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port) ops=$(free_port)
 base="http://127.0.0.1:$port"
-PMCORE_DATABASE_URL="$db_url" PMCORE_MIGRATE_ON_START=true PMCORE_API_LISTEN="127.0.0.1:$port" \
+PMCORE_DATABASE_URL="$db_url" PMCORE_MIGRATE_ON_START=true PMCORE_API_LISTEN="127.0.0.1:$port" PMCORE_API_OPS_LISTEN="127.0.0.1:$ops" \
   PMCORE_KAFKA_TOPIC_PREFIX="bench." PMCORE_DATABASE_MAX_CONNECTIONS=32 \
   PMCORE_API_RATE_LIMIT_PER_SECOND=1000000 PMCORE_API_RATE_LIMIT_BURST=1000000 PMCORE_LOG=warn \
   target/release/api >"$PMCORE_STACK_DIR/bench-api.log" 2>&1 &
 api=$!
 trap 'kill $api 2>/dev/null; wait $api 2>/dev/null || true' EXIT
-until curl -fsS -o /dev/null "$base/readyz" 2>/dev/null; do sleep 0.2; done
+until curl -fsS -o /dev/null "http://127.0.0.1:$ops/readyz" 2>/dev/null; do sleep 0.2; done
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 token_for() { curl -fsS "$base/oauth/token" -d grant_type=client_credentials -d client_id="$1" -d client_secret="$2" | json "['access_token']"; }

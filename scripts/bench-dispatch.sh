@@ -31,15 +31,15 @@ admin_url="${PMCORE_DATABASE_URL%/*}/postgres"
 db_url="${PMCORE_DATABASE_URL%/*}/$db"
 psql -q "$admin_url" -c "drop database if exists $db with (force)" -c "create database $db"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-api_port=$(free_port); relay_port=$(free_port); worker_port=$(free_port); scheduler_port=$(free_port)
+api_port=$(free_port); relay_port=$(free_port); api_ops=$(free_port); relay_ops=$(free_port); worker_port=$(free_port); scheduler_port=$(free_port)
 prefix="benchd$(date +%s)."
 common=(env PMCORE_DATABASE_URL="$db_url" PMCORE_KAFKA_TOPIC_PREFIX="$prefix" PMCORE_LOG=warn PMCORE_LOG_FORMAT=text)
 
 "${common[@]}" target/release/api migrate >/dev/null
-"${common[@]}" PMCORE_API_LISTEN="127.0.0.1:$api_port" PMCORE_API_RATE_LIMIT_PER_SECOND=100000 \
+"${common[@]}" PMCORE_API_LISTEN="127.0.0.1:$api_port" PMCORE_API_OPS_LISTEN="127.0.0.1:$api_ops" PMCORE_API_RATE_LIMIT_PER_SECOND=100000 \
   PMCORE_API_RATE_LIMIT_BURST=100000 target/release/api >"$dir/api.log" 2>&1 &
 pids=($!)
-"${common[@]}" PMCORE_RELAY_LISTEN="127.0.0.1:$relay_port" PMCORE_DATABASE_MAX_CONNECTIONS=20 \
+"${common[@]}" PMCORE_RELAY_LISTEN="127.0.0.1:$relay_port" PMCORE_RELAY_OPS_LISTEN="127.0.0.1:$relay_ops" PMCORE_DATABASE_MAX_CONNECTIONS=20 \
   target/release/der-gateway-relay >"$dir/relay.log" 2>&1 &
 pids+=($!)
 "${common[@]}" PMCORE_WORKER_LISTEN="127.0.0.1:$worker_port" target/release/worker >"$dir/worker.log" 2>&1 &
@@ -47,7 +47,7 @@ pids+=($!)
 "${common[@]}" PMCORE_SCHEDULER_LISTEN="127.0.0.1:$scheduler_port" target/release/scheduler >"$dir/scheduler.log" 2>&1 &
 pids+=($!)
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null || true' EXIT
-for port in "$api_port" "$relay_port" "$worker_port" "$scheduler_port"; do
+for port in "$api_ops" "$relay_ops" "$worker_port" "$scheduler_port"; do
   until curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz" 2>/dev/null; do sleep 0.3; done
 done
 relay_pid=${pids[1]}; scheduler_pid=${pids[3]}

@@ -180,6 +180,15 @@ service_port() {
   esac
 }
 
+# Where /healthz, /readyz and /metrics answer: the services with a public port keep
+# them on a loopback port of their own (their defaults, PMCORE_*_OPS_LISTEN).
+ops_port() {
+  case "$1" in
+    api) echo 9101 ;; audit-log) echo 9103 ;; messaging) echo 9104 ;; der-gateway-relay) echo 9105 ;;
+    *) service_port "$1" ;;
+  esac
+}
+
 # The system people run is built optimized: a debug relay alone took 40 % of a core
 # with the demo fleet (issue 16). PMCORE_BUILD=debug builds faster; `just run
 # <service>` stays a debug build for development.
@@ -291,7 +300,7 @@ cmd_ps() {
     port="$(service_port "$svc")"
     local pid=- status="not started"
     pid_alive "$S/$svc.pid" && pid="$(cat "$S/$svc.pid")" && status=unhealthy
-    if [ "$pid" != - ] && curl -fsS -o /dev/null "http://127.0.0.1:$port/readyz"; then status=healthy; fi
+    if [ "$pid" != - ] && curl -fsS -o /dev/null "http://127.0.0.1:$(ops_port "$svc")/readyz"; then status=healthy; fi
     row "$svc" "127.0.0.1:$port" "$pid" "$status"
   done
   local sim_status="not started" sim_pid=-

@@ -26,6 +26,13 @@ LISTEN_VAR = {
     "scheduler": "PMCORE_SCHEDULER_LISTEN",
     "bucket-watcher": "PMCORE_BUCKET_WATCHER_LISTEN",
 }
+# Services that keep /readyz and /metrics off their public port.
+OPS_VAR = {
+    "api": "PMCORE_API_OPS_LISTEN",
+    "der-gateway-relay": "PMCORE_RELAY_OPS_LISTEN",
+    "audit-log": "PMCORE_AUDIT_LOG_OPS_LISTEN",
+    "messaging": "PMCORE_MESSAGING_OPS_LISTEN",
+}
 
 
 def free_port():
@@ -186,6 +193,7 @@ class Service:
     def __init__(self, world, name, extra):
         self.world, self.name, self.extra = world, name, extra
         self.port = free_port()
+        self.ops_port = free_port() if name in OPS_VAR else self.port
         self.proc = None
         self.starts = 0
         self.log_path = os.path.join(world.dir, f"{name}.log")
@@ -194,8 +202,15 @@ class Service:
     def url(self):
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def ops_url(self):
+        return f"http://127.0.0.1:{self.ops_port}"
+
     def start(self, ready_timeout_s=120):
-        env = self.world.env(**{LISTEN_VAR[self.name]: f"127.0.0.1:{self.port}"}, **self.extra)
+        ports = {LISTEN_VAR[self.name]: f"127.0.0.1:{self.port}"}
+        if self.name in OPS_VAR:
+            ports[OPS_VAR[self.name]] = f"127.0.0.1:{self.ops_port}"
+        env = self.world.env(**ports, **self.extra)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen([self.world.binary(self.name)], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -205,7 +220,7 @@ class Service:
         return self
 
     def ready(self):
-        return http("GET", f"{self.url}/readyz", timeout=2)[0] == 200
+        return http("GET", f"{self.ops_url}/readyz", timeout=2)[0] == 200
 
     def wait_ready(self, timeout_s):
         def probe():
@@ -233,7 +248,7 @@ class Service:
 
     def metric(self, name, **labels):
         """Sum of a Prometheus metric's samples whose labels include `labels`."""
-        status, text = http("GET", f"{self.url}/metrics", timeout=5)
+        status, text = http("GET", f"{self.ops_url}/metrics", timeout=5)
         if status != 200 or not isinstance(text, str):
             return None
         total, seen = 0.0, False

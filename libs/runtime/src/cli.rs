@@ -18,6 +18,11 @@ pub trait Service: Sized + Send {
 
     fn database(config: &Self::Config) -> &DbConfig;
     fn listen_addr(config: &Self::Config) -> SocketAddr;
+    /// Where `/readyz` answers (`healthcheck` asks there): the service's own port unless
+    /// it keeps the operational endpoints apart.
+    fn ops_addr(config: &Self::Config) -> SocketAddr {
+        Self::listen_addr(config)
+    }
 
     fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
     fn run(self, cancel: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -109,7 +114,7 @@ async fn dispatch<S: Service>(cli: Cli<S::Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => {
-            let mut addr = S::listen_addr(&cli.config);
+            let mut addr = S::ops_addr(&cli.config);
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

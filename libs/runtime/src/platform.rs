@@ -24,6 +24,8 @@ pub struct Platform {
     /// Done once the catalog's topics exist.
     pub topics_ready: Step,
     listener: TcpListener,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served when not on `listener`.
+    ops: Option<TcpListener>,
 }
 
 impl Platform {
@@ -42,7 +44,26 @@ impl Platform {
             kafka: kafka.clone(),
             topics_ready: Step::default(),
             listener,
+            ops: None,
         })
+    }
+
+    /// Serves the operational endpoints on a listener of their own at `ops`, away from
+    /// the public port (they say what the service depends on and cost a check of each);
+    /// None keeps them on the service's port, for services that serve nothing else.
+    pub async fn with_ops(mut self, ops: Option<SocketAddr>) -> anyhow::Result<Self> {
+        if let Some(ops) = ops {
+            let listener = TcpListener::bind(ops).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {ops} (operational endpoints): {e}")
+            })?;
+            self.ops = Some(listener);
+        }
+        Ok(self)
+    }
+
+    /// Where the operational endpoints answer.
+    pub fn ops_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.ops.as_ref().unwrap_or(&self.listener).local_addr()?)
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -124,8 +145,20 @@ impl Platform {
         readiness: Readiness,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
-        let router = routes.merge(ops_router(readiness));
-        Box::pin(serve(self.listener, router, cancel))
+        match self.ops {
+            None => Box::pin(serve(
+                self.listener,
+                routes.merge(ops_router(readiness)),
+                cancel,
+            )),
+            Some(ops) => Box::pin(async move {
+                futures::try_join!(
+                    serve(self.listener, routes, cancel.clone()),
+                    serve(ops, ops_router(readiness), cancel),
+                )?;
+                Ok(())
+            }),
+        }
     }
 }
 

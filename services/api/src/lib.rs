@@ -34,13 +34,24 @@ pub use pmcore_web::BODY_LIMIT_BYTES;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the REST API and the operational endpoints.
+    /// Address of the REST API.
     #[arg(
         long = "listen",
         env = "PMCORE_API_LISTEN",
         default_value = "0.0.0.0:3001"
     )]
     pub listen: SocketAddr,
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: apart from the REST API, on
+    /// loopback unless set otherwise (e.g. `0.0.0.0:9101` for a scraper on an
+    /// internal network). They tell what the service depends on, and each readiness
+    /// check costs a round trip to every dependency.
+    #[arg(
+        long = "ops-listen",
+        env = "PMCORE_API_OPS_LISTEN",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub ops_listen: Option<SocketAddr>,
 
     /// Key that signs and verifies access tokens (HS256), at least 32 bytes. Every
     /// api instance, and every service that checks tokens, needs the same key. When
@@ -134,6 +145,8 @@ impl Config {
     pub fn new(listen: SocketAddr, database: DbConfig, kafka: KafkaConfig) -> Self {
         Self {
             listen,
+            // Tests and embedders serve them on the service's own port.
+            ops_listen: None,
             jwt_secret: None,
             token_ttl_secs: 3600,
             rate_per_second: 200,
@@ -163,6 +176,11 @@ impl App {
         self.platform.local_addr()
     }
 
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub fn ops_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.platform.ops_addr()
+    }
+
     fn router(&self) -> Router {
         pmcore_web::openapi::serve(openapi::routes(), env!("CARGO_PKG_VERSION"))
             .with_state(self.state.clone())
@@ -183,6 +201,10 @@ impl Service for App {
         config.listen
     }
 
+    fn ops_addr(config: &Config) -> SocketAddr {
+        config.ops_listen.unwrap_or(config.listen)
+    }
+
     async fn build(config: Config) -> anyhow::Result<Self> {
         let key = match &config.jwt_secret {
             Some(secret) => {
@@ -200,7 +222,10 @@ impl Service for App {
                 auth::secrets::generate().into_bytes()
             }
         };
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        let platform = Platform::new(config.listen, &config.database, &config.kafka)
+            .await?
+            .with_ops(config.ops_listen)
+            .await?;
         let state = AppState {
             pool: platform.pool.clone(),
             tokens: Arc::new(Tokens::new(

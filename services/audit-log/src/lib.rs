@@ -33,13 +33,24 @@ const BATCH: usize = 500;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the audit API and the operational endpoints.
+    /// Address of the audit API.
     #[arg(
         long = "listen",
         env = "PMCORE_AUDIT_LOG_LISTEN",
         default_value = "0.0.0.0:3003"
     )]
     pub listen: SocketAddr,
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: apart from the audit API, on
+    /// loopback unless set otherwise (e.g. `0.0.0.0:9103` for a scraper on an
+    /// internal network). They tell what the service depends on, and each readiness
+    /// check costs a round trip to every dependency.
+    #[arg(
+        long = "ops-listen",
+        env = "PMCORE_AUDIT_LOG_OPS_LISTEN",
+        default_value = "127.0.0.1:9103"
+    )]
+    pub ops_listen: Option<SocketAddr>,
 
     /// Consumer group; change it only to replay the trail into a fresh schema.
     #[arg(long = "consumer-group", env = "PMCORE_AUDIT_LOG_GROUP", default_value = CONSUMER_GROUP)]
@@ -125,6 +136,8 @@ impl Config {
     pub fn new(listen: SocketAddr, database: DbConfig, kafka: KafkaConfig) -> Self {
         Self {
             listen,
+            // Tests and embedders serve them on the service's own port.
+            ops_listen: None,
             group: CONSUMER_GROUP.to_owned(),
             signing_key: None,
             origin: "pmcore.local/audit-log".to_owned(),
@@ -151,6 +164,11 @@ pub struct App {
 impl App {
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub fn ops_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.platform.ops_addr()
     }
 
     pub fn verifier_key(&self) -> &str {
@@ -180,6 +198,10 @@ impl Service for App {
         config.listen
     }
 
+    fn ops_addr(config: &Config) -> SocketAddr {
+        config.ops_listen.unwrap_or(config.listen)
+    }
+
     async fn build(config: Config) -> anyhow::Result<Self> {
         let signer = match &config.signing_key {
             Some(key) => CheckpointSigner::from_key(key.expose_secret())?,
@@ -200,7 +222,10 @@ impl Service for App {
                 rand::random::<[u8; 32]>().to_vec()
             }
         };
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        let platform = Platform::new(config.listen, &config.database, &config.kafka)
+            .await?
+            .with_ops(config.ops_listen)
+            .await?;
         let state = AuditState {
             pool: platform.pool.clone(),
             // Verification only: the lifetime is the issuer's business.

@@ -38,14 +38,24 @@ use crate::hub::{Hub, Limits};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the gateway WebSocket (`/v1/gateway`) and the HTTP endpoints
-    /// (`/healthz`, `/readyz`, `/metrics`).
+    /// Address of the gateway WebSocket (`/v1/gateway`).
     #[arg(
         long = "listen",
         env = "PMCORE_RELAY_LISTEN",
         default_value = "0.0.0.0:3005"
     )]
     pub listen: SocketAddr,
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: apart from the gateway endpoint, on
+    /// loopback unless set otherwise (e.g. `0.0.0.0:9105` for a scraper on an
+    /// internal network). They tell what the service depends on, and each readiness
+    /// check costs a round trip to every dependency.
+    #[arg(
+        long = "ops-listen",
+        env = "PMCORE_RELAY_OPS_LISTEN",
+        default_value = "127.0.0.1:9105"
+    )]
+    pub ops_listen: Option<SocketAddr>,
 
     /// Largest WebSocket message a gateway may send, in bytes; a larger one closes
     /// the session with 1009.
@@ -116,6 +126,11 @@ impl App {
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
     }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub fn ops_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.platform.ops_addr()
+    }
 }
 
 impl Service for App {
@@ -131,8 +146,15 @@ impl Service for App {
         config.listen
     }
 
+    fn ops_addr(config: &Config) -> SocketAddr {
+        config.ops_listen.unwrap_or(config.listen)
+    }
+
     async fn build(config: Config) -> anyhow::Result<Self> {
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        let platform = Platform::new(config.listen, &config.database, &config.kafka)
+            .await?
+            .with_ops(config.ops_listen)
+            .await?;
         Ok(Self { platform, config })
     }
 

@@ -41,13 +41,24 @@ pub const CONSUMER_GROUP: &str = "pmcore-messaging";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address of the messaging API and the operational endpoints.
+    /// Address of the messaging API.
     #[arg(
         long = "listen",
         env = "PMCORE_MESSAGING_LISTEN",
         default_value = "0.0.0.0:3004"
     )]
     pub listen: SocketAddr,
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: apart from the messaging API, on
+    /// loopback unless set otherwise (e.g. `0.0.0.0:9104` for a scraper on an
+    /// internal network). They tell what the service depends on, and each readiness
+    /// check costs a round trip to every dependency.
+    #[arg(
+        long = "ops-listen",
+        env = "PMCORE_MESSAGING_OPS_LISTEN",
+        default_value = "127.0.0.1:9104"
+    )]
+    pub ops_listen: Option<SocketAddr>,
 
     /// Consumer group of the domain topics and `messaging.requests.v1`.
     #[arg(long = "consumer-group", env = "PMCORE_MESSAGING_GROUP", default_value = CONSUMER_GROUP)]
@@ -166,6 +177,8 @@ impl Config {
     pub fn new(listen: SocketAddr, database: DbConfig, kafka: KafkaConfig) -> Self {
         Self {
             listen,
+            // Tests and embedders serve them on the service's own port.
+            ops_listen: None,
             group: CONSUMER_GROUP.to_owned(),
             secrets_key: None,
             jwt_secret: None,
@@ -197,6 +210,11 @@ pub struct App {
 impl App {
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         self.platform.local_addr()
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub fn ops_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.platform.ops_addr()
     }
 
     /// Builds the service on a clock of the caller's (tests move time by hand).
@@ -232,7 +250,10 @@ impl App {
             .email_from
             .parse()
             .map_err(|e| anyhow::anyhow!("PMCORE_MESSAGING_EMAIL_FROM: {e}"))?;
-        let platform = Platform::new(config.listen, &config.database, &config.kafka).await?;
+        let platform = Platform::new(config.listen, &config.database, &config.kafka)
+            .await?
+            .with_ops(config.ops_listen)
+            .await?;
         let state = MessagingState {
             pool: platform.pool.clone(),
             // Verification only: the lifetime is the issuer's business.
@@ -298,6 +319,10 @@ impl Service for App {
 
     fn listen_addr(config: &Config) -> SocketAddr {
         config.listen
+    }
+
+    fn ops_addr(config: &Config) -> SocketAddr {
+        config.ops_listen.unwrap_or(config.listen)
     }
 
     async fn build(config: Config) -> anyhow::Result<Self> {

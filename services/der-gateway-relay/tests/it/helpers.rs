@@ -54,6 +54,7 @@ impl Env {
     pub(crate) async fn relay_with(&self, tweak: impl FnOnce(&mut Config)) -> Running {
         let mut config = Config {
             listen: ([127, 0, 0, 1], 0).into(),
+            ops_listen: None,
             max_frame_bytes: 1 << 20,
             frames_per_second: 50,
             heartbeat_timeout_s: 30,

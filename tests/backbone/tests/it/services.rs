@@ -12,14 +12,28 @@ use pmcore_testkit::{
     with_database,
 };
 
-const SERVICES: [(&str, &str); 7] = [
-    ("api", "PMCORE_API_LISTEN"),
-    ("worker", "PMCORE_WORKER_LISTEN"),
-    ("scheduler", "PMCORE_SCHEDULER_LISTEN"),
-    ("bucket-watcher", "PMCORE_BUCKET_WATCHER_LISTEN"),
-    ("audit-log", "PMCORE_AUDIT_LOG_LISTEN"),
-    ("messaging", "PMCORE_MESSAGING_LISTEN"),
-    ("der-gateway-relay", "PMCORE_RELAY_LISTEN"),
+/// Each binary, the variable of its port, and of its operational port when it keeps
+/// `/healthz`, `/readyz` and `/metrics` off its public port.
+const SERVICES: [(&str, &str, Option<&str>); 7] = [
+    ("api", "PMCORE_API_LISTEN", Some("PMCORE_API_OPS_LISTEN")),
+    ("worker", "PMCORE_WORKER_LISTEN", None),
+    ("scheduler", "PMCORE_SCHEDULER_LISTEN", None),
+    ("bucket-watcher", "PMCORE_BUCKET_WATCHER_LISTEN", None),
+    (
+        "audit-log",
+        "PMCORE_AUDIT_LOG_LISTEN",
+        Some("PMCORE_AUDIT_LOG_OPS_LISTEN"),
+    ),
+    (
+        "messaging",
+        "PMCORE_MESSAGING_LISTEN",
+        Some("PMCORE_MESSAGING_OPS_LISTEN"),
+    ),
+    (
+        "der-gateway-relay",
+        "PMCORE_RELAY_LISTEN",
+        Some("PMCORE_RELAY_OPS_LISTEN"),
+    ),
 ];
 
 /// The service binaries sit next to this test's `deps/` folder (`just test` builds them).
@@ -37,7 +51,7 @@ fn binary(name: &str) -> PathBuf {
 
 #[test]
 fn every_binary_lists_its_configuration_in_help() {
-    for (name, listen_env) in SERVICES {
+    for (name, listen_env, ops_env) in SERVICES {
         let out = Command::new(binary(name))
             .arg("--help")
             .output()
@@ -48,6 +62,7 @@ fn every_binary_lists_its_configuration_in_help() {
             "PMCORE_DATABASE_URL",
             "PMCORE_KAFKA_BROKERS",
             listen_env,
+            ops_env.unwrap_or(listen_env),
             "migrate",
             "healthcheck",
         ] {
@@ -67,8 +82,9 @@ fn every_binary_lists_its_configuration_in_help() {
 async fn every_binary_becomes_ready_and_exits_zero_on_sigterm_within_ten_seconds() {
     let db = TestDb::new().await.expect("test database");
     let prefix = unique_prefix();
-    for (name, listen_env) in SERVICES {
+    for (name, listen_env, ops_env) in SERVICES {
         let port = free_port();
+        let ops_port = free_port();
         let mut child = Command::new(binary(name))
             .env(
                 "PMCORE_DATABASE_URL",
@@ -77,12 +93,20 @@ async fn every_binary_becomes_ready_and_exits_zero_on_sigterm_within_ten_seconds
             .env("PMCORE_KAFKA_BROKERS", kafka_brokers())
             .env("PMCORE_KAFKA_TOPIC_PREFIX", &prefix)
             .env(listen_env, format!("127.0.0.1:{port}"))
+            .env(
+                ops_env.unwrap_or("PMCORE_UNUSED"),
+                format!("127.0.0.1:{ops_port}"),
+            )
             .env("PMCORE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starts");
-        let addr = ([127, 0, 0, 1], port).into();
+        let public: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr = match ops_env {
+            Some(_) => ([127, 0, 0, 1], ops_port).into(),
+            None => public,
+        };
         eventually(
             Duration::from_secs(60),
             &format!("{name} to be ready"),
@@ -98,6 +122,15 @@ async fn every_binary_becomes_ready_and_exits_zero_on_sigterm_within_ten_seconds
             text.contains(r#"pmcore_http_request_duration_seconds_bucket{method="GET",route="/readyz",status="200""#),
             "{name} measures its requests:\n{text}"
         );
+        if ops_env.is_some() {
+            for path in ["/readyz", "/metrics", "/healthz"] {
+                assert_eq!(
+                    http_status(public, path).await,
+                    Some(404),
+                    "{name} keeps {path} off its public port"
+                );
+            }
+        }
 
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
