@@ -201,11 +201,14 @@ async fn api_actions_are_in_the_trail_in_order_with_their_actors_and_only_for_th
     );
     assert!(dispatch.iter().all(|e| e["principal"] == manager.as_str()));
 
-    // Log order is the order things happened in.
+    // One object's entries are in the order its changes happened: its events share a
+    // partition (keyed by subject). Across topics the log keeps the order the audit
+    // service read them in, which Kafka does not promise to be the order they were
+    // published in (CI saw an approval logged after a later scheduling).
     let index = |e: &Value| e["index"].as_i64().expect("index");
-    assert!(index(&program[0]) < index(&history[0]));
+    assert!(index(&program[0]) < index(&program[1]));
+    assert!(index(&program[1]) < index(&program[2]));
     assert!(index(&history[0]) < index(&history[1]));
-    assert!(index(&history[1]) < index(&dispatch[0]));
     assert!(index(&dispatch[0]) < index(&dispatch[1]));
     let newest = entries(
         &audit,
