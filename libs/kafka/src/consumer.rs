@@ -293,7 +293,7 @@ async fn run_once<H: Handler>(
         spec.pace,
     )?);
     let names: Vec<&str> = physical.iter().map(String::as_str).collect();
-    let mut dlq = idempotent_producer(config)?;
+    let mut dlq = DeadLetters::default();
     let mut watchdog = Watchdog::new(
         config,
         &group_id,
@@ -414,7 +414,7 @@ async fn process<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    dlq: &mut FutureProducer<KafkaContext>,
+    dlq: &mut DeadLetters,
     message: &BorrowedMessage<'_>,
     cancel: &CancellationToken,
 ) -> Outcome {
@@ -479,7 +479,7 @@ async fn process_batch<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    dlq: &mut FutureProducer<KafkaContext>,
+    dlq: &mut DeadLetters,
     batch: &[BorrowedMessage<'_>],
     cancel: &CancellationToken,
 ) -> Vec<Outcome> {
@@ -598,6 +598,35 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
     })
 }
 
+/// A consumer's dead-letter producer, made when the first record is parked: most
+/// consumers never park one, and every librdkafka client costs its threads and their
+/// wake-ups even when idle (issue 16).
+#[derive(Default)]
+pub struct DeadLetters {
+    producer: Option<FutureProducer<KafkaContext>>,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("connected", &self.producer.is_some())
+            .finish()
+    }
+}
+
+impl DeadLetters {
+    fn producer(&mut self, config: &KafkaConfig) -> anyhow::Result<&FutureProducer<KafkaContext>> {
+        match &mut self.producer {
+            Some(producer) => Ok(producer),
+            empty => Ok(empty.insert(idempotent_producer(config)?)),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.producer = None;
+    }
+}
+
 /// Copies the record to the dead-letter topic, retrying until the broker takes it,
 /// so the offset is never stored for a record that is neither applied nor parked.
 /// Parks a record in `<topic>.dlq.<group>` for consumers that batch by hand;
@@ -605,7 +634,7 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
 pub async fn dead_letter_record(
     config: &KafkaConfig,
     group: &str,
-    producer: &mut FutureProducer<KafkaContext>,
+    producer: &mut DeadLetters,
     message: &BorrowedMessage<'_>,
     reason: &str,
     cancel: &CancellationToken,
@@ -619,7 +648,7 @@ pub async fn dead_letter_record(
 async fn dead_letter(
     config: &KafkaConfig,
     group: &str,
-    producer: &mut FutureProducer<KafkaContext>,
+    dlq: &mut DeadLetters,
     message: &BorrowedMessage<'_>,
     reason: &str,
     cancel: &CancellationToken,
@@ -661,21 +690,23 @@ async fn dead_letter(
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        match producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-        {
+        let sent = match dlq.producer(config) {
+            Ok(producer) => producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map_err(|(error, _)| error.to_string()),
+            Err(error) => Err(format!("{error:#}")),
+        };
+        match sent {
             Ok(_) => {
                 metrics::counter!("pmcore_dead_letters_total", "group" => group.to_owned())
                     .increment(1);
                 return Outcome::DeadLettered;
             }
-            Err((error, _)) => {
+            Err(error) => {
                 tracing::warn!(%error, %topic, "dead-letter publish failed; retrying");
-                // A fresh producer id, as in the outbox relay.
-                if let Ok(fresh) = idempotent_producer(config) {
-                    *producer = fresh;
-                }
+                // A fresh producer id next time, as in the outbox relay.
+                dlq.reset();
                 if sleep_or_cancel(cancel, retry.next().unwrap_or(MAX_BACKOFF)).await {
                     return Outcome::Abandoned;
                 }

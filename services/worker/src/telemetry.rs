@@ -15,7 +15,7 @@ use std::{
 use chrono::{DateTime, NaiveDate, Utc};
 use pmcore_events::{catalog, domain::TelemetryBatch};
 use pmcore_kafka::{
-    KafkaConfig, consumer, idempotent_producer, topics,
+    KafkaConfig, consumer, topics,
     watchdog::{self, Watchdog},
 };
 use rdkafka::{Message, consumer::Consumer, message::BorrowedMessage};
@@ -148,7 +148,7 @@ async fn run_once(
         kafka.stall_after(),
         kafka.health.clone(),
     );
-    let mut dlq = idempotent_producer(kafka)?;
+    let mut dlq = consumer::DeadLetters::default();
     let mut partitions: HashSet<NaiveDate> = HashSet::new();
     let mut columns = Columns::default();
     let wait = Duration::from_millis(config.batch_wait_ms);
