@@ -79,6 +79,11 @@ pg_durability() {
   if [ "${1:-all}" = testing ]; then echo "-c fsync=off -c synchronous_commit=off"; else echo ""; fi
 }
 
+# A client that vanished without closing (a silent network) is noticed in about two
+# minutes, not the kernel's two hours: until then its backend keeps any advisory lock
+# it held (the outbox relay's, the scheduler leader's). docs/operations.md.
+PG_KEEPALIVES="-c tcp_keepalives_idle=60 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=6"
+
 pg_up() {
   local profile="${1:-all}"
   local bin; bin="$(pg_bin)"; [ -n "$bin" ] || die "no PostgreSQL server; run scripts/install-tools.sh stack"
@@ -104,7 +109,7 @@ pg_up() {
   else
     port_open "$PMCORE_PG_PORT" && die "port $PMCORE_PG_PORT is taken by something else; set PMCORE_PG_PORT"
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-p $PMCORE_PG_PORT -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=300 $(pg_durability "$profile")" \
+      -o "-p $PMCORE_PG_PORT -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=300 $PG_KEEPALIVES $(pg_durability "$profile")" \
       start >/dev/null || die "postgres did not start: $(tail -n 5 "$dir/postgres.log")"
     say "postgres on 127.0.0.1:$PMCORE_PG_PORT"
   fi
