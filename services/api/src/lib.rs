@@ -250,9 +250,17 @@ impl Service for App {
     }
 
     async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let readiness = self.platform.readiness();
+        // Ready once the bootstrap admin exists: a fresh install's first caller (the
+        // seed, an operator's script) waits for /readyz and then asks for its token.
+        let admin = pmcore_runtime::Step::default();
+        let readiness = self.platform.readiness().step("bootstrap", &admin);
         let router = self.router();
-        let bootstrap = bootstrap(self.state.clone(), self.config.clone(), cancel.clone());
+        let bootstrap = bootstrap(
+            self.state.clone(),
+            self.config.clone(),
+            admin,
+            cancel.clone(),
+        );
         let housekeeping = self.state.limits.clone().forget_idle_until(cancel.clone());
         let disabled = watch_disabled(self.state.clone(), cancel.clone());
         let refusals = auth::refusals::run(
@@ -284,6 +292,7 @@ impl Service for App {
 async fn bootstrap(
     state: AppState,
     config: Config,
+    done: pmcore_runtime::Step,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let backoff = ExponentialBuilder::default()
@@ -295,7 +304,7 @@ async fn bootstrap(
         .notify(|error, wait| tracing::warn!(%error, ?wait, "bootstrap client waits for Postgres"));
     tokio::select! {
         () = cancel.cancelled() => {}
-        result = attempt => { result?; }
+        result = attempt => { result?; done.done(); }
     }
     Ok(())
 }
