@@ -94,6 +94,11 @@ impl Detector {
     }
 
     /// Loads nameplates of DERs not seen before.
+    /// Whether every DER of `der_ids` is known already (nothing for [`Self::learn`] to do).
+    pub fn knows_all(&self, der_ids: &[Uuid]) -> bool {
+        der_ids.iter().all(|id| self.ders.contains_key(id))
+    }
+
     pub async fn learn(&mut self, conn: &mut PgConnection, der_ids: &[Uuid]) -> sqlx::Result<()> {
         let mut missing: Vec<Uuid> = der_ids
             .iter()

@@ -214,13 +214,18 @@ async fn run_once(
             let started = Instant::now();
             // Judged once: a retried write must not lose or repeat a flag.
             let limit = kafka.database_timeout();
-            let learnt = pmcore_db::within(pool, limit, async |conn| {
-                detector
-                    .learn(conn, &columns.der_id)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })
-            .await;
+            // Known DERs need no connection: this runs for every batch.
+            let learnt = if detector.knows_all(&columns.der_id) {
+                Ok(())
+            } else {
+                pmcore_db::within(pool, limit, async |conn| {
+                    detector
+                        .learn(conn, &columns.der_id)
+                        .await
+                        .map_err(anyhow::Error::from)
+                })
+                .await
+            };
             let found = match learnt {
                 Ok(()) => (0..columns.len())
                     .filter_map(|i| {
