@@ -35,8 +35,13 @@ impl SessionLock {
                 return Err(crate::NoAnswer(limit).into());
             }
         };
-        // A connection that failed to lock goes back to the pool holding nothing.
-        Ok(got.then_some(Self {
+        if !got {
+            // Back to the pool holding nothing. (Built eagerly and dropped, a
+            // `SessionLock` would close it: every standby relay and follower
+            // scheduler opened a connection a second that way, issue 16.)
+            return Ok(None);
+        }
+        Ok(Some(Self {
             conn: Some(conn),
             key,
             backend_pid,
