@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use pmcore_kafka::{KafkaConfig, KafkaContext};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
@@ -58,6 +59,8 @@ pub struct Signals {
 #[derive(Debug)]
 struct Entry {
     session_id: Uuid,
+    /// When the secret the session was opened with was set.
+    secret_rotated_at: DateTime<Utc>,
     commands: mpsc::Sender<()>,
     control: watch::Sender<Control>,
 }
@@ -129,8 +132,14 @@ impl Hub {
         })
     }
 
-    /// Registers a session, telling an older one of the same gateway to close.
-    pub fn register(&self, gateway_id: Uuid, session_id: Uuid) -> Signals {
+    /// Registers a session opened with the secret set at `secret_rotated_at`,
+    /// telling an older one of the same gateway to close.
+    pub fn register(
+        &self,
+        gateway_id: Uuid,
+        session_id: Uuid,
+        secret_rotated_at: DateTime<Utc>,
+    ) -> Signals {
         // One pending wake-up says all there is to say: commands are re-read whole.
         let (commands, commands_rx) = mpsc::channel(1);
         let (control, control_rx) = watch::channel(Control::None);
@@ -138,6 +147,7 @@ impl Hub {
             gateway_id,
             Entry {
                 session_id,
+                secret_rotated_at,
                 commands,
                 control,
             },
@@ -184,6 +194,18 @@ impl Hub {
         }
     }
 
+    /// A rotation notice: ends the gateway's session here if it was opened with a
+    /// secret older than the one set at `rotated_at`. A gateway that reconnected with
+    /// the new secret before the notice arrived keeps its session (the notice can
+    /// come seconds late: it travels the outbox and the broker).
+    pub fn secret_rotated(&self, gateway_id: Uuid, rotated_at: DateTime<Utc>) {
+        if let Some(entry) = self.lock().get(&gateway_id)
+            && entry.secret_rotated_at < rotated_at
+        {
+            entry.raise(Control::SecretRotated);
+        }
+    }
+
     pub fn control_all(&self, to: Control) {
         for entry in self.lock().values() {
             entry.raise(to);
@@ -212,6 +234,7 @@ mod tests {
         let (control, mut rx) = watch::channel(Control::None);
         let entry = Entry {
             session_id: Uuid::nil(),
+            secret_rotated_at: Utc::now(),
             commands,
             control,
         };

@@ -40,15 +40,21 @@ async fn run_once(hub: &Hub, ready: &Step) -> anyhow::Result<()> {
         // Required by librdkafka, but with `assign` no group is joined.
         .set("group.id", hub.kafka.group("pmcore-relay-rotations"))
         .set("enable.auto.commit", "false")
-        .create_with_context(KafkaContext::consumer("pmcore-relay-rotations"))?;
+        // A rotation only ends sessions early (see above): it can wait a second.
+        .set(
+            "fetch.wait.max.ms",
+            hub.kafka
+                .fetch_wait_ms(pmcore_kafka::consumer::Pace::Background)
+                .to_string(),
+        )
+        .create_with_context(KafkaContext)?;
     tracing::debug!(%topic, "rotation reader starting");
     let probe_config = hub.kafka.client_config();
     let probe_topic = topic.clone();
     // The exact end of each partition, read before `ready`: `Offset::End` would be
     // resolved later, and a rotation published in between would be skipped.
     let ends = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
-        let probe: BaseConsumer<KafkaContext> =
-            probe_config.create_with_context(KafkaContext::default())?;
+        let probe: BaseConsumer<KafkaContext> = probe_config.create_with_context(KafkaContext)?;
         let timeout = Duration::from_secs(5);
         let metadata = probe.fetch_metadata(Some(&probe_topic), Timeout::After(timeout))?;
         let mut ends = Vec::new();
@@ -85,8 +91,14 @@ async fn run_once(hub: &Hub, ready: &Step) -> anyhow::Result<()> {
         if let Ok(rotated) = decoded.into_typed::<GatewaySecretRotated>()
             && let Ok(gateway_id) = rotated.gateway_id.parse()
         {
-            tracing::info!(%gateway_id, "secret rotated; ending its session here if any");
-            hub.control(gateway_id, Control::SecretRotated);
+            match chrono::DateTime::from_timestamp_micros(rotated.rotated_at) {
+                Some(at) => {
+                    tracing::info!(%gateway_id, "secret rotated; ending its session here if opened before");
+                    hub.secret_rotated(gateway_id, at);
+                }
+                // Not a time we can compare: let the session ask Postgres.
+                None => hub.control(gateway_id, Control::CheckSecret),
+            }
         }
     }
 }

@@ -132,7 +132,7 @@ pub async fn run(hub: Arc<Hub>, socket: WebSocket) {
         .await;
         return;
     }
-    let signals = hub.register(gateway.id, session_id);
+    let signals = hub.register(gateway.id, session_id, gateway.secret_rotated_at);
     tracing::info!(%gateway_id, %session_id, ders = gateway.ders.len(), "gateway connected");
     let mut session = Session {
         hub: hub.clone(),

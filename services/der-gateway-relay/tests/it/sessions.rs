@@ -295,22 +295,51 @@ async fn welcome_names_the_ders_the_gateway_does_not_control() {
 async fn rotating_the_secret_ends_the_session_opened_with_the_old_one() {
     let env = Env::new().await;
     let relay = env.relay().await;
-    let spec = env.gateway(1).await;
-    let mut socket = raw_session(&url(&relay), &spec).await;
-    let event = pmcore_events::domain::GatewaySecretRotated {
-        gateway_id: spec.id.to_string(),
-        organization_id: Uuid::nil().to_string(),
-        rotated_at: Utc::now().timestamp_micros(),
-    };
+    let old = env.gateway(1).await;
+    let mut old_socket = raw_session(&url(&relay), &old).await;
+    // The other gateway connected with its current secret before that secret's own
+    // rotation notice came through (the notice travels the outbox and the broker).
+    let current = env.gateway(1).await;
+    let mut current_socket = raw_session(&url(&relay), &current).await;
+    let current_set_at: chrono::DateTime<Utc> =
+        sqlx::query_scalar("select secret_rotated_at from pm.gateway where id = $1")
+            .bind(current.id)
+            .fetch_one(&env.db.pool)
+            .await
+            .expect("gateway");
     let mut conn = env.db.pool.acquire().await.expect("connection");
     let meta = pmcore_kafka::outbox::EventMeta {
         source: "test".into(),
         ..Default::default()
     };
-    pmcore_kafka::outbox::enqueue(&mut conn, &event, &meta)
-        .await
-        .expect("enqueued");
-    assert_eq!(close_code(&mut socket).await, Some(1008));
+    for (spec, rotated_at) in [
+        (&current, current_set_at),
+        (&old, Utc::now() + chrono::Duration::seconds(1)),
+    ] {
+        let event = pmcore_events::domain::GatewaySecretRotated {
+            gateway_id: spec.id.to_string(),
+            organization_id: Uuid::nil().to_string(),
+            rotated_at: rotated_at.timestamp_micros(),
+        };
+        pmcore_kafka::outbox::enqueue(&mut conn, &event, &meta)
+            .await
+            .expect("enqueued");
+    }
+    assert_eq!(close_code(&mut old_socket).await, Some(1008));
+    // Both notices were read by now (one reader, one fetch); give a slow one a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(
+        &mut current_socket,
+        &GatewayFrame::Telemetry {
+            batch_id: "after-notice".into(),
+            readings: vec![reading(current.ders[0].id, 1.0)],
+        },
+    )
+    .await;
+    match next_reply(&mut current_socket).await {
+        RelayFrame::TelemetryAck { batch_id, .. } => assert_eq!(batch_id, "after-notice"),
+        other => panic!("the session on the current secret was ended: {other:?}"),
+    }
     relay.stop().await.expect("stops");
 }
 
