@@ -1,25 +1,17 @@
 //! The client context every pmcore Kafka client uses: librdkafka's own logs go to
-//! `tracing` at levels an operator can live with, and consumer statistics become the
-//! `pmcore_consumer_lag` gauge.
+//! `tracing` at levels an operator can live with.
+//!
+//! Consumers do not ask librdkafka for statistics: building and parsing that JSON
+//! every few seconds in every client was a visible share of an idle service (issue
+//! 16), and the watchdog already publishes each group's lag
+//! (`pmcore_consumer_group_lag`).
 
 use rdkafka::{
-    ClientContext, Statistics, config::RDKafkaLogLevel, consumer::ConsumerContext,
-    error::KafkaError,
+    ClientContext, config::RDKafkaLogLevel, consumer::ConsumerContext, error::KafkaError,
 };
 
-#[derive(Debug, Clone, Default)]
-pub struct KafkaContext {
-    /// Set for consumers: labels the lag gauge.
-    group: Option<String>,
-}
-
-impl KafkaContext {
-    pub fn consumer(group: &str) -> Self {
-        Self {
-            group: Some(group.to_owned()),
-        }
-    }
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KafkaContext;
 
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -42,25 +34,6 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "{reason}");
-    }
-
-    fn stats(&self, statistics: Statistics) {
-        let Some(group) = &self.group else { return };
-        for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions {
-                // librdkafka uses partition -1 for internal bookkeeping and lag -1 for unknown.
-                if partition < 0 || p.consumer_lag < 0 {
-                    continue;
-                }
-                metrics::gauge!(
-                    "pmcore_consumer_lag",
-                    "group" => group.clone(),
-                    "topic" => topic.clone(),
-                    "partition" => partition.to_string(),
-                )
-                .set(p.consumer_lag as f64);
-            }
-        }
     }
 }
 

@@ -115,7 +115,7 @@ fn client(config: &KafkaConfig, group: &str) -> anyhow::Result<BaseConsumer<Kafk
         .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create_with_context(KafkaContext::default())?)
+        .create_with_context(KafkaContext)?)
 }
 
 /// The offsets `group` committed on `topics`' partitions (only those it committed).

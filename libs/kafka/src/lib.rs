@@ -27,7 +27,7 @@ use rdkafka::{ClientConfig, producer::FutureProducer};
 /// deployment turns idempotence off (`KafkaConfig::idempotence`), when one request in
 /// flight keeps the order and consumers absorb a retried duplicate.
 pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer<KafkaContext>> {
-    Ok(idempotent_producer_config(config).create_with_context(KafkaContext::default())?)
+    Ok(idempotent_producer_config(config).create_with_context(KafkaContext)?)
 }
 
 /// The settings of [`idempotent_producer`], for a producer that needs a few more.
@@ -67,8 +67,7 @@ pub async fn ping(config: &KafkaConfig) -> anyhow::Result<()> {
             consumer::{BaseConsumer, Consumer},
             util::Timeout,
         };
-        let probe: BaseConsumer<KafkaContext> =
-            client_config.create_with_context(KafkaContext::default())?;
+        let probe: BaseConsumer<KafkaContext> = client_config.create_with_context(KafkaContext)?;
         probe.fetch_metadata(None, Timeout::After(std::time::Duration::from_secs(2)))?;
         Ok(())
     })

@@ -13,9 +13,8 @@ use crate::{KafkaConfig, KafkaContext};
 
 /// Creates the given physical topics unless they exist.
 pub async fn ensure(config: &KafkaConfig, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<KafkaContext> = config
-        .client_config()
-        .create_with_context(KafkaContext::default())?;
+    let admin: AdminClient<KafkaContext> =
+        config.client_config().create_with_context(KafkaContext)?;
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {

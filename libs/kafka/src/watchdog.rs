@@ -17,7 +17,7 @@ use std::{
 };
 
 use rdkafka::{
-    Offset,
+    Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     util::Timeout,
 };
@@ -83,6 +83,9 @@ pub struct Watchdog {
     /// The group's base id: what metrics and readiness name, whatever the generation.
     label: String,
     topics: Vec<String>,
+    /// The topics' partitions and when they were learnt (a metadata request per
+    /// topic, so not on every check).
+    partitions: Option<(TopicPartitionList, Instant)>,
     stall_after: Duration,
     health: ConsumerHealth,
     last: Option<Position>,
@@ -92,8 +95,18 @@ pub struct Watchdog {
     unanswered_since: Option<Instant>,
 }
 
-/// How often the broker is asked.
+/// How often the broker is asked while the group lags or the last check got no
+/// answer: a stall is measured from there.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often the broker is asked while the group is caught up, which is most of the
+/// time and all of an idle system's. A group that stops while caught up is still
+/// found `stall_after` after its last check without lag: records that arrive in
+/// between are seen by the next check, and from then on it is every [`CHECK_EVERY`].
+pub const CHECK_CAUGHT_UP_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the partition list of the topics is trusted before it is asked again.
+const PARTITIONS_FOR: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for Watchdog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,6 +131,7 @@ impl Watchdog {
             group: group.to_owned(),
             label: crate::home::parse(group).0.to_owned(),
             topics: physical_topics.to_vec(),
+            partitions: None,
             stall_after,
             health,
             last: None,
@@ -127,9 +141,23 @@ impl Watchdog {
         }
     }
 
+    fn interval(&self) -> Duration {
+        let caught_up = self.last.is_some_and(|last| last.lag <= 0);
+        if caught_up && self.unanswered_since.is_none() {
+            CHECK_CAUGHT_UP_EVERY
+        } else {
+            CHECK_EVERY
+        }
+    }
+
     /// Whether a check is due (cheap; call it on every loop turn).
     pub fn due(&self) -> bool {
-        self.checked_at.elapsed() >= CHECK_EVERY
+        self.checked_at.elapsed() >= self.interval()
+    }
+
+    /// How long until the next check is due.
+    pub fn until_due(&self) -> Duration {
+        self.interval().saturating_sub(self.checked_at.elapsed())
     }
 
     /// Tells the watchdog this consumer handled records (no need to wait for the
@@ -149,7 +177,7 @@ impl Watchdog {
                     .client_config()
                     .set("group.id", &self.group)
                     .set("enable.auto.commit", "false")
-                    .create_with_context(KafkaContext::default());
+                    .create_with_context(KafkaContext);
                 match created {
                     Ok(c) => self.client.insert(Arc::new(c)).clone(),
                     Err(_) => return Verdict::Unknown,
@@ -157,11 +185,30 @@ impl Watchdog {
             }
         };
         let topics = self.topics.clone();
-        let position = tokio::task::spawn_blocking(move || position(&client, &topics))
-            .await
-            .ok()
-            .flatten();
+        let known = self
+            .partitions
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < PARTITIONS_FOR)
+            .map(|(list, _)| list.clone());
+        let asked = tokio::task::spawn_blocking(move || {
+            let partitions = match known {
+                Some(list) => list,
+                None => crate::home::partitions(&client, &topics, TIMEOUT).ok()?,
+            };
+            let now = position(&client, &partitions)?;
+            Some((now, partitions))
+        })
+        .await
+        .ok()
+        .flatten();
+        let position = asked.map(|(now, partitions)| {
+            if self.partitions.is_none() {
+                self.partitions = Some((partitions, Instant::now()));
+            }
+            now
+        });
         let Some(now) = position else {
+            self.partitions = None;
             // A client whose connections died may not come back by itself (seen
             // behind a proxy that reset them, issue 10's fault suite): ask through a
             // fresh one next time. And a group whose position cannot be learnt for
@@ -224,27 +271,90 @@ impl Watchdog {
     }
 }
 
-/// Lag (log end minus committed offset, summed over every partition of the topics)
-/// and the sum of committed offsets; None when the broker does not answer in time.
-fn position(consumer: &BaseConsumer<KafkaContext>, topics: &[String]) -> Option<Position> {
-    let timeout = Timeout::After(Duration::from_secs(3));
-    let partitions = crate::home::partitions(consumer, topics, timeout).ok()?;
-    let committed = consumer.committed_offsets(partitions, timeout).ok()?;
+const TIMEOUT: Timeout = Timeout::After(Duration::from_secs(3));
+
+/// Lag (log end minus committed offset, summed over `partitions`) and the sum of
+/// committed offsets; None when the broker does not answer in time. Two requests
+/// whatever the number of partitions: the group's offsets, and one ListOffsets for
+/// every partition's end (timestamp -1 is "latest"), where asking each partition's
+/// watermarks took two requests per partition.
+fn position(
+    consumer: &BaseConsumer<KafkaContext>,
+    partitions: &TopicPartitionList,
+) -> Option<Position> {
+    let committed = consumer
+        .committed_offsets(partitions.clone(), TIMEOUT)
+        .ok()?;
+    let mut ends = partitions.clone();
+    ends.set_all_offsets(Offset::End).ok()?;
+    let ends = consumer.offsets_for_times(ends, TIMEOUT).ok()?;
+    // Partitions without a committed offset are read from their beginning.
+    let mut starts = TopicPartitionList::new();
+    for element in committed.elements() {
+        if !matches!(element.offset(), Offset::Offset(_)) {
+            starts
+                .add_partition_offset(element.topic(), element.partition(), Offset::Beginning)
+                .ok()?;
+        }
+    }
+    let starts = if starts.count() > 0 {
+        consumer.offsets_for_times(starts, TIMEOUT).ok()?
+    } else {
+        starts
+    };
+    let offset_in = |list: &TopicPartitionList, topic: &str, partition: i32| match list
+        .find_partition(topic, partition)?
+        .offset()
+    {
+        Offset::Offset(n) => Some(n),
+        _ => None,
+    };
     let mut position = Position {
         lag: 0,
         committed: 0,
     };
     for element in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(element.topic(), element.partition(), timeout)
-            .ok()?;
+        let (topic, partition) = (element.topic(), element.partition());
+        let high = offset_in(&ends, topic, partition)?;
         let at = match element.offset() {
             Offset::Offset(n) => n,
-            // Nothing committed yet: the group reads from the beginning.
-            _ => low,
+            _ => offset_in(&starts, topic, partition)?,
         };
         position.lag += (high - at).max(0);
         position.committed += at;
     }
     Some(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_up_group_is_asked_less_often_than_one_that_lags_or_went_unanswered() {
+        let config = KafkaConfig::new("127.0.0.1:1", "");
+        let mut watchdog = Watchdog::new(
+            &config,
+            "g",
+            &[],
+            Duration::from_secs(60),
+            ConsumerHealth::default(),
+        );
+        assert_eq!(watchdog.interval(), CHECK_EVERY, "nothing known yet");
+        watchdog.last = Some(Position {
+            lag: 0,
+            committed: 7,
+        });
+        assert_eq!(watchdog.interval(), CHECK_CAUGHT_UP_EVERY);
+        assert!(!watchdog.due());
+        assert!(watchdog.until_due() > CHECK_EVERY);
+        watchdog.unanswered_since = Some(Instant::now());
+        assert_eq!(watchdog.interval(), CHECK_EVERY, "the broker went quiet");
+        watchdog.unanswered_since = None;
+        watchdog.last = Some(Position {
+            lag: 3,
+            committed: 7,
+        });
+        assert_eq!(watchdog.interval(), CHECK_EVERY, "it lags");
+    }
 }

@@ -261,7 +261,7 @@ fn telemetry_producer(
     if !config.idempotence {
         producer.set("max.in.flight.requests.per.connection", "5");
     }
-    Ok(producer.create_with_context(pmcore_kafka::KafkaContext::default())?)
+    Ok(producer.create_with_context(pmcore_kafka::KafkaContext)?)
 }
 
 async fn upgrade(

@@ -14,10 +14,7 @@ use std::{
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pmcore_events::{catalog, domain::TelemetryBatch};
-use pmcore_kafka::{
-    KafkaConfig, consumer, topics,
-    watchdog::{self, Watchdog},
-};
+use pmcore_kafka::{KafkaConfig, consumer, topics, watchdog::Watchdog};
 use rdkafka::{Message, consumer::Consumer, message::BorrowedMessage};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -136,7 +133,6 @@ async fn run_once(
         pmcore_kafka::home::current(kafka, CONSUMER_GROUP, std::slice::from_ref(&topic)).await?;
     let consumer = Arc::new(consumer::subscribe_as(
         kafka,
-        CONSUMER_GROUP,
         &group_id,
         std::slice::from_ref(&topic),
         consumer::Pace::Prompt,
@@ -165,7 +161,7 @@ async fn run_once(
         let first = tokio::select! {
             () = cancel.cancelled() => break,
             m = consumer.recv() => m,
-            () = tokio::time::sleep(watchdog::CHECK_EVERY) => continue,
+            () = tokio::time::sleep(watchdog.until_due()) => continue,
         };
         let first = match first {
             Ok(m) => m,
