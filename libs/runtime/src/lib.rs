@@ -12,6 +12,15 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use cli::{Service, main};
+
+/// Every pmcore process allocates with mimalloc rather than glibc's malloc. glibc
+/// raises its mmap threshold each time a large block is freed (up to 32 MB), after
+/// which argon2's 19 MB working blocks (one per gateway hello or token check) come
+/// from per-thread arenas and stay resident after they are freed: the relay held
+/// 441 MB with the 50 demo gateways connected, and 26 MB with the threshold pinned
+/// (issue 16, docs/benchmarks.md). mimalloc gives large blocks back to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use health::{Readiness, Step};
 pub use platform::{Platform, supervise, task};
 
