@@ -30,11 +30,13 @@ pids_of() { # the process (and its children) behind a pid file; Postgres: every 
   local pid; pid=$(cat "$S/$1.pid")
   echo "$pid $(pgrep -P "$pid" | tr '\n' ' ')"
 }
-ticks() { # summed user+system ticks of the pids given
+ticks() { # summed user+system ticks of the pids given, with those of children they
+  # reaped (cutime, cstime): Postgres's backends come and go, and one that exits
+  # during the window lands in the postmaster's count instead of vanishing from ours
   local sum=0 p
   for p in "$@"; do
     [ -r "/proc/$p/stat" ] || continue
-    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13 + $14 + $15}')))
   done
   echo "$sum"
 }
