@@ -91,6 +91,9 @@ pub struct Watchdog {
     last: Option<Position>,
     moved_at: Instant,
     checked_at: Instant,
+    /// Records were handled since the last check: the lag gauge is stale, so the
+    /// next check comes at the prompt interval even if the group was caught up.
+    active: bool,
     /// Since when no check got an answer.
     unanswered_since: Option<Instant>,
 }
@@ -99,8 +102,8 @@ pub struct Watchdog {
 /// answer: a stall is measured from there.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// How often the broker is asked while the group is caught up, which is most of the
-/// time and all of an idle system's. A group that stops while caught up is still
+/// How often the broker is asked while the group is caught up and handled nothing
+/// since the last check, which is most of the time and all of an idle system's. A group that stops while caught up is still
 /// found `stall_after` after its last check without lag: records that arrive in
 /// between are seen by the next check, and from then on it is every [`CHECK_EVERY`].
 pub const CHECK_CAUGHT_UP_EVERY: Duration = Duration::from_secs(30);
@@ -137,13 +140,14 @@ impl Watchdog {
             last: None,
             moved_at: Instant::now(),
             checked_at: Instant::now(),
+            active: false,
             unanswered_since: None,
         }
     }
 
     fn interval(&self) -> Duration {
         let caught_up = self.last.is_some_and(|last| last.lag <= 0);
-        if caught_up && self.unanswered_since.is_none() {
+        if caught_up && !self.active && self.unanswered_since.is_none() {
             CHECK_CAUGHT_UP_EVERY
         } else {
             CHECK_EVERY
@@ -164,11 +168,13 @@ impl Watchdog {
     /// next commit to know it moves).
     pub fn progressed(&mut self) {
         self.moved_at = Instant::now();
+        self.active = true;
     }
 
     /// Asks the broker for the group's committed offsets and the log ends.
     pub async fn check(&mut self) -> Verdict {
         self.checked_at = Instant::now();
+        self.active = false;
         let client = match &self.client {
             Some(c) => c.clone(),
             None => {
@@ -348,6 +354,13 @@ mod tests {
         assert_eq!(watchdog.interval(), CHECK_CAUGHT_UP_EVERY);
         assert!(!watchdog.due());
         assert!(watchdog.until_due() > CHECK_EVERY);
+        watchdog.progressed();
+        assert_eq!(
+            watchdog.interval(),
+            CHECK_EVERY,
+            "records were handled since: the lag gauge is stale"
+        );
+        watchdog.active = false;
         watchdog.unanswered_since = Some(Instant::now());
         assert_eq!(watchdog.interval(), CHECK_EVERY, "the broker went quiet");
         watchdog.unanswered_since = None;
