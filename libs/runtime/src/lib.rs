@@ -12,6 +12,8 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use cli::{Service, main};
+pub use health::{Readiness, Step};
+pub use platform::{Platform, supervise, task};
 
 /// Every pmcore process allocates with mimalloc rather than glibc's malloc. glibc
 /// raises its mmap threshold each time a large block is freed (up to 32 MB), after
@@ -21,8 +23,6 @@ pub use cli::{Service, main};
 /// (issue 16, docs/benchmarks.md). mimalloc gives large blocks back to the system.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-pub use health::{Readiness, Step};
-pub use platform::{Platform, supervise, task};
 
 /// Makes aws-lc-rs (already in the build for the S3 client) the process's TLS crypto
 /// provider, so every HTTPS client (JWKS, OTLP) uses it and no second crypto library
