@@ -16,15 +16,14 @@ use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
-    util::Timeout,
+    producer::FutureRecord,
 };
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    KafkaConfig, KafkaContext, MAX_BACKOFF, idempotent_producer,
+    KafkaConfig, KafkaContext, MAX_BACKOFF, Producer, idempotent_producer,
     outbox::sleep_or_cancel,
     retry_policy, topics, trace,
     watchdog::{Verdict, Watchdog},
@@ -600,7 +599,7 @@ fn parse(config: &KafkaConfig, message: &BorrowedMessage<'_>) -> Result<Incoming
 /// wake-ups even when idle (issue 16).
 #[derive(Default)]
 pub struct DeadLetters {
-    producer: Option<FutureProducer<KafkaContext>>,
+    producer: Option<Producer>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -612,7 +611,7 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    fn producer(&mut self, config: &KafkaConfig) -> anyhow::Result<&FutureProducer<KafkaContext>> {
+    fn producer(&mut self, config: &KafkaConfig) -> anyhow::Result<&Producer> {
         match &mut self.producer {
             Some(producer) => Ok(producer),
             empty => Ok(empty.insert(idempotent_producer(config)?)),
@@ -689,9 +688,9 @@ async fn dead_letter(
         }
         let sent = match dlq.producer(config) {
             Ok(producer) => producer
-                .send(record, Timeout::After(Duration::from_secs(30)))
+                .send(record, Duration::from_secs(30))
                 .await
-                .map_err(|(error, _)| error.to_string()),
+                .map_err(|error| error.to_string()),
             Err(error) => Err(format!("{error:#}")),
         };
         match sent {

@@ -7,8 +7,14 @@
 //! (`pmcore_consumer_group_lag`).
 
 use rdkafka::{
-    ClientContext, config::RDKafkaLogLevel, consumer::ConsumerContext, error::KafkaError,
+    ClientContext,
+    config::RDKafkaLogLevel,
+    consumer::ConsumerContext,
+    error::KafkaError,
+    producer::{DeliveryResult, ProducerContext},
 };
+
+use crate::producer::Delivered;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KafkaContext;
@@ -38,3 +44,11 @@ impl ClientContext for KafkaContext {
 }
 
 impl ConsumerContext for KafkaContext {}
+
+impl ProducerContext for KafkaContext {
+    type DeliveryOpaque = Box<tokio::sync::oneshot::Sender<Delivered>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, waiting: Self::DeliveryOpaque) {
+        crate::producer::report(result, *waiting);
+    }
+}

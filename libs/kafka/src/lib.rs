@@ -1,6 +1,7 @@
 //! Kafka plumbing shared by the services.
 //!
 //! - [`outbox`]: state changes and their events commit together; a relay publishes them.
+//! - [`producer`]: the producer every service uses, a future per record.
 //! - [`consumer`]: at-least-once consumption with inbox dedup, retries and dead letters.
 //! - [`topics`]: creates the catalog's topics (with the deployment's prefix).
 //! - [`watchdog`]: finds a consumer group that lags and no longer moves.
@@ -11,6 +12,7 @@ pub mod consumer;
 mod context;
 pub mod home;
 pub mod outbox;
+pub mod producer;
 pub mod topics;
 pub mod trace;
 pub mod watchdog;
@@ -20,14 +22,15 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 pub use config::KafkaConfig;
 pub use context::KafkaContext;
-use rdkafka::{ClientConfig, producer::FutureProducer};
+pub use producer::Producer;
+use rdkafka::ClientConfig;
 
 /// The platform's producer: `acks=all` and idempotent (`enable.idempotence=true`:
 /// retries cannot duplicate or reorder records within a partition), unless the
 /// deployment turns idempotence off (`KafkaConfig::idempotence`), when one request in
 /// flight keeps the order and consumers absorb a retried duplicate.
-pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<FutureProducer<KafkaContext>> {
-    Ok(idempotent_producer_config(config).create_with_context(KafkaContext)?)
+pub fn idempotent_producer(config: &KafkaConfig) -> anyhow::Result<Producer> {
+    Producer::new(&idempotent_producer_config(config))
 }
 
 /// The settings of [`idempotent_producer`], for a producer that needs a few more.

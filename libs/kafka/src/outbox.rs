@@ -15,12 +15,12 @@ use pmcore_db::lock::SessionLock;
 use pmcore_events::{DomainEvent, Envelope, avro};
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
 };
 use sqlx::{PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::{KafkaConfig, KafkaContext, idempotent_producer, trace};
+use crate::{KafkaConfig, Producer, idempotent_producer, trace};
 
 /// Largest record (payload plus headers) [`enqueue`] accepts. Brokers refuse records
 /// over their `message.max.bytes` (about 1 MB by default, librdkafka's producer
@@ -222,7 +222,7 @@ impl OutboxRelay {
     async fn publish_batch(
         &self,
         conn: &mut PgConnection,
-        producer: &FutureProducer<KafkaContext>,
+        producer: &Producer,
     ) -> anyhow::Result<Published> {
         // Up to `batch_size` rows and about `BATCH_BYTES`: the batch is awaited as a
         // whole, so its size sets how many broker round trips a burst (an event's
@@ -268,10 +268,10 @@ impl OutboxRelay {
                 .headers(headers);
             match producer.send_result(record) {
                 Ok(receiver) => receivers.push((p.id, receiver)),
-                Err((error, _)) if never_accepted(&error) => {
+                Err(error) if never_accepted(&error) => {
                     refused.push((p.id, error.to_string()));
                 }
-                Err((error, _)) => {
+                Err(error) => {
                     done.transient = Some(format!("enqueueing for the broker: {error}"));
                     break;
                 }
@@ -281,17 +281,13 @@ impl OutboxRelay {
         let mut acked = Vec::with_capacity(ids.len());
         for (id, result) in ids.into_iter().zip(join_all(receivers).await) {
             match result {
-                Ok(Ok(_)) => acked.push(id),
-                Ok(Err((error, _))) if never_accepted(&error) => {
+                Ok(_) => acked.push(id),
+                Err(error) if never_accepted(&error) => {
                     refused.push((id, error.to_string()));
                 }
-                Ok(Err((error, _))) => {
+                Err(error) => {
                     done.transient
                         .get_or_insert_with(|| format!("broker did not acknowledge: {error}"));
-                }
-                Err(_) => {
-                    done.transient
-                        .get_or_insert_with(|| "producer dropped a delivery".to_owned());
                 }
             }
         }

@@ -70,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
                         std::time::Duration::from_secs(30),
                     )
                     .await
-                    .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))
+                    .map_err(|e| anyhow::anyhow!("publishing to {topic}: {e}"))
             }
         });
         let sent = futures::future::try_join_all(sends).await?.len();

@@ -313,16 +313,16 @@ async fn produce(kafka: KafkaConfig, n: u64) -> anyhow::Result<f64> {
             .headers(headers);
         match producer.send_result(record) {
             Ok(delivery) => in_flight.push(delivery),
-            Err((error, _)) => anyhow::bail!("enqueueing event {i}: {error}"),
+            Err(error) => anyhow::bail!("enqueueing event {i}: {error}"),
         }
         if in_flight.len() == 10_000 {
             for delivery in futures::future::join_all(in_flight.drain(..)).await {
-                delivery?.map_err(|(e, _)| e)?;
+                delivery?;
             }
         }
     }
     for delivery in futures::future::join_all(in_flight).await {
-        delivery?.map_err(|(e, _)| e)?;
+        delivery?;
     }
     Ok(started.elapsed().as_secs_f64())
 }

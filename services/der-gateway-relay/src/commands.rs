@@ -14,7 +14,7 @@ use pmcore_events::{
     domain::{DerCommand, DerCommandAck},
 };
 use pmcore_kafka::consumer::{Handler, HandlerError, Incoming};
-use rdkafka::{message::OwnedHeaders, producer::FutureRecord, util::Timeout};
+use rdkafka::{message::OwnedHeaders, producer::FutureRecord};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use uuid::Uuid;
 
@@ -300,9 +300,9 @@ pub async fn publish<E: DomainEvent>(hub: &Hub, event: &E, gateway_id: Uuid) -> 
         .headers(headers)
         .payload(&payload);
     hub.producer
-        .send(record, Timeout::After(Duration::from_secs(5)))
+        .send(record, Duration::from_secs(5))
         .await
-        .map_err(|(e, _)| anyhow::anyhow!("broker did not take the record: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("broker did not take the record: {e}"))?;
     Ok(())
 }
 

@@ -8,8 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use pmcore_kafka::{KafkaConfig, KafkaContext};
-use rdkafka::producer::FutureProducer;
+use pmcore_kafka::KafkaConfig;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -80,7 +79,7 @@ impl Entry {
 pub struct Hub {
     pub pool: PgPool,
     pub kafka: KafkaConfig,
-    pub producer: FutureProducer<KafkaContext>,
+    pub producer: pmcore_kafka::Producer,
     pub limits: Limits,
     /// Bounds the argon2id runs of hellos.
     pub verifier: crate::auth::Verifier,
@@ -108,7 +107,7 @@ impl Hub {
     pub fn new(
         pool: PgPool,
         kafka: KafkaConfig,
-        producer: FutureProducer<KafkaContext>,
+        producer: pmcore_kafka::Producer,
         limits: Limits,
         cancel: CancellationToken,
     ) -> Arc<Self> {

@@ -253,15 +253,13 @@ impl Service for App {
 /// the relay buffering up to librdkafka's default 1 GiB. Readings are rows keyed by
 /// `(der_id, ts)`, so their order on the topic does not matter: without idempotence
 /// (the embedded stack) five requests stay in flight rather than one.
-fn telemetry_producer(
-    config: &KafkaConfig,
-) -> anyhow::Result<rdkafka::producer::FutureProducer<pmcore_kafka::KafkaContext>> {
+fn telemetry_producer(config: &KafkaConfig) -> anyhow::Result<pmcore_kafka::Producer> {
     let mut producer = pmcore_kafka::idempotent_producer_config(config);
     producer.set("queue.buffering.max.kbytes", "131072");
     if !config.idempotence {
         producer.set("max.in.flight.requests.per.connection", "5");
     }
-    Ok(producer.create_with_context(pmcore_kafka::KafkaContext)?)
+    pmcore_kafka::Producer::new(&producer)
 }
 
 async fn upgrade(

@@ -378,11 +378,7 @@ impl Session {
         match telemetry::produce(&self.hub, &self.gateway, batch_id.clone(), readings) {
             Ok(delivery) => {
                 self.in_flight.push_back(Box::pin(async move {
-                    let result = match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((error, _))) => Err(error.to_string()),
-                        Err(_) => Err("the producer went away".to_owned()),
-                    };
+                    let result = delivery.await.map(|_| ()).map_err(|e| e.to_string());
                     (batch_id, count, result)
                 }));
                 Ok(None)

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use pmcore_events::domain::{Reading, TelemetryBatch};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use pmcore_kafka::producer::Pending;
+use rdkafka::producer::FutureRecord;
 
 use crate::{
     auth::Gateway,
@@ -83,7 +84,7 @@ pub fn produce(
     gateway: &Gateway,
     batch_id: String,
     readings: Vec<WireReading>,
-) -> Result<DeliveryFuture, Refusal> {
+) -> Result<Pending, Refusal> {
     let batch = TelemetryBatch {
         batch_id,
         gateway_id: gateway.id.to_string(),
@@ -108,5 +109,5 @@ pub fn produce(
         .payload(&payload);
     hub.producer
         .send_result(record)
-        .map_err(|(e, _)| unavailable(format!("the relay cannot queue the batch now: {e}")))
+        .map_err(|e| unavailable(format!("the relay cannot queue the batch now: {e}")))
 }

@@ -14,7 +14,6 @@ use pmcore_testkit::eventually;
 use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     producer::FutureRecord,
-    util::Timeout,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +98,7 @@ async fn a_poison_record_is_parked_and_the_partition_moves_on() {
                 .payload(b"not avro".as_slice())
                 // Malformed on purpose: the contract reader of `just test` skips it.
                 .headers(pmcore_kafka::record_headers([("pmcore-test", "poison")])),
-            Timeout::After(Duration::from_secs(10)),
+            Duration::from_secs(10),
         )
         .await
         .expect("produced");
