@@ -233,6 +233,68 @@ async fn an_event_starts_and_ends_on_time_with_one_command_and_one_release_per_d
     running.stop().await.expect("stops");
 }
 
+/// The leads of the event's reminders sent so far, in order.
+async fn reminders(pool: &PgPool, event: Uuid) -> Vec<i32> {
+    sqlx::query_scalar(
+        "select lead_minutes from pm.dispatch_reminder where event_id = $1 order by lead_minutes desc",
+    )
+    .bind(event)
+    .fetch_all(pool)
+    .await
+    .expect("reminders")
+}
+
+// The clock skips its steps when nothing is due (`anything_due`): reminders must
+// still go out at each lead, and a pass with nothing due must do nothing.
+#[tokio::test]
+async fn reminders_go_out_at_each_lead_and_an_idle_pass_does_nothing() {
+    let db = TestDb::new().await.expect("test database");
+    let prefix = unique_prefix();
+    let t0 = now_s() + Span::days(3);
+    let event = fleet_with_event(&db.pool, 4, 1, t0, t0 + Span::hours(1), 4.0).await;
+    let clock = ManualClock::at(t0 - Span::hours(25));
+    let (running, leader) = scheduler(&db, &prefix, &clock, 50).await;
+
+    let idle = dispatch::pass(
+        &db.pool,
+        &leader,
+        &clock.shared(),
+        &dispatch::DispatchConfig {
+            reminder_leads_minutes: vec![1440, 60],
+            ..dispatch::DispatchConfig::default()
+        },
+    )
+    .await
+    .expect("a pass");
+    assert_eq!(
+        idle,
+        dispatch::Pass::default(),
+        "nothing is due a day ahead"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        reminders(&db.pool, event).await.is_empty(),
+        "no reminder yet"
+    );
+
+    clock.set(t0 - Span::hours(24));
+    eventually(
+        Duration::from_secs(10),
+        "the day-ahead reminder",
+        || async { (reminders(&db.pool, event).await == [1440]).then_some(()) },
+    )
+    .await;
+    clock.set(t0 - Span::minutes(59));
+    eventually(
+        Duration::from_secs(10),
+        "the hour-ahead reminder",
+        || async { (reminders(&db.pool, event).await == [1440, 60]).then_some(()) },
+    )
+    .await;
+    assert_eq!(event_status(&db.pool, event).await, "scheduled");
+    running.stop().await.expect("stops");
+}
+
 #[tokio::test]
 async fn two_schedulers_and_a_stale_leader_racing_still_send_each_command_once() {
     let db = TestDb::new().await.expect("test database");
