@@ -187,7 +187,12 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.brokers)
             // librdkafka logs every failed connect; one line per minute is enough.
             .set("log.connection.close", "false")
-            .set("reconnect.backoff.max.ms", "2000");
+            .set("reconnect.backoff.max.ms", "2000")
+            // No KIP-714 client metrics: nothing here collects them, and a broker that
+            // offers an empty subscription (tansu: every 5 s) is asked again and again,
+            // one request per client every few seconds (a fifth of an idle embedded
+            // broker's requests, issue 16).
+            .set("enable.metrics.push", "false");
         c
     }
 }
