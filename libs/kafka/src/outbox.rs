@@ -96,6 +96,24 @@ const BATCH_BYTES: i64 = 8 * 1024 * 1024;
 
 const RELAY_LOCK: i64 = 0x706d_6f75_7462; // "pmoutb"
 
+/// The longest the publisher waits between looks at an empty outbox. It looks again
+/// at once while rows go out, 100 ms after the first empty look, and twice as long
+/// after each further one up to this bound: an idle platform asks Postgres about once
+/// a second instead of ten times (issue 16), and the first event after a quiet spell
+/// leaves within a second.
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// How often a process that does not publish tries to take over: the longest rows
+/// wait when the publisher is gone.
+const STANDBY_WAIT: Duration = Duration::from_secs(3);
+
+/// The wait after `empty` empty looks in a row (the first is 1).
+fn idle_wait(first: Duration, empty: u32) -> Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(empty.saturating_sub(1)))
+        .min(IDLE_WAIT_MAX.max(first))
+}
+
 #[derive(Debug)]
 pub struct OutboxRelay {
     pool: PgPool,
@@ -138,6 +156,7 @@ impl OutboxRelay {
         let mut lock: Option<SessionLock> = None;
         let mut retry = crate::retry_policy();
         let mut last_depth = Instant::now() - Duration::from_secs(60);
+        let mut empty = 0;
         let limit = self.config.database_timeout();
         loop {
             if lock.is_none() {
@@ -151,7 +170,7 @@ impl OutboxRelay {
             }
             let wait = match (&mut lock, &producer) {
                 // Another process publishes; stand by.
-                (None, _) => self.idle_wait * 10,
+                (None, _) => STANDBY_WAIT,
                 (Some(_), None) => match idempotent_producer(&self.config) {
                     Ok(p) => {
                         producer = Some(p);
@@ -173,9 +192,11 @@ impl OutboxRelay {
                         retry = crate::retry_policy();
                         // Something went out: look again at once, more may wait.
                         if done.sent + done.parked > 0 {
+                            empty = 0;
                             continue;
                         }
-                        self.idle_wait
+                        empty += 1;
+                        idle_wait(self.idle_wait, empty)
                     }
                     Ok(done) => {
                         let error = done.transient.unwrap_or_default();
@@ -362,5 +383,29 @@ pub(crate) async fn sleep_or_cancel(cancel: &CancellationToken, wait: Duration) 
     tokio::select! {
         () = cancel.cancelled() => true,
         () = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::idle_wait;
+
+    #[test]
+    fn an_idle_publisher_doubles_its_wait_up_to_a_second() {
+        let ms = |empty| idle_wait(Duration::from_millis(100), empty).as_millis();
+        let waits: Vec<u128> = (1..=7).map(ms).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(ms(u32::MAX), 1000, "no overflow after a long quiet spell");
+    }
+
+    #[test]
+    fn a_first_wait_longer_than_the_bound_is_kept() {
+        assert_eq!(
+            idle_wait(Duration::from_secs(2), 3),
+            Duration::from_secs(2),
+            "the bound only shortens the backoff, never the configured wait"
+        );
     }
 }
