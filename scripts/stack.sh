@@ -211,12 +211,20 @@ services_up() {
   PMCORE_LOG_FORMAT="${PMCORE_LOG_FORMAT:-text}" "target/$BUILD/audit-log" migrate
   db_logins
   for svc in "$@"; do
-    # Each with its own login: only its role's privileges. One partition per topic:
-    # one instance of each service runs here, and the embedded broker's cost grows
-    # with the partitions every idle consumer polls (issue 16).
+    # Each with its own login: only its role's privileges. The rest is for tansu,
+    # which runs SQL for every partition an idle consumer polls, several times per
+    # fetch wait, records or not (issue 16; docs/benchmarks.md): one partition per
+    # topic (one instance of each service runs here), and fetch waits of 2 s for
+    # commands, acknowledgements and telemetry, 10 s for the rest (audit trail,
+    # notifications, eligibility, settlement, imports, secret rotations). On tansu a
+    # record waits up to about three quarters of its consumer's wait; on Apache Kafka
+    # the waits cost no latency (a fetch returns as soon as records arrive).
     start_bg "$svc" "$(service_port "$svc")" \
       env PMCORE_DATABASE_URL="$(service_database_url "$svc")" \
-      PMCORE_KAFKA_PARTITIONS="${PMCORE_KAFKA_PARTITIONS:-1}" "target/$BUILD/$svc"
+      PMCORE_KAFKA_PARTITIONS="${PMCORE_KAFKA_PARTITIONS:-1}" \
+      PMCORE_KAFKA_FETCH_WAIT_MS="${PMCORE_KAFKA_FETCH_WAIT_MS:-2000}" \
+      PMCORE_KAFKA_BACKGROUND_FETCH_WAIT_MS="${PMCORE_KAFKA_BACKGROUND_FETCH_WAIT_MS:-10000}" \
+      "target/$BUILD/$svc"
   done
 }
 
