@@ -156,7 +156,7 @@ impl OutboxRelay {
         let mut lock: Option<SessionLock> = None;
         let mut retry = crate::retry_policy();
         let mut last_depth = Instant::now() - Duration::from_secs(60);
-        let mut empty = 0;
+        let mut empty: u32 = 0;
         let limit = self.config.database_timeout();
         loop {
             if lock.is_none() {
@@ -195,7 +195,7 @@ impl OutboxRelay {
                             empty = 0;
                             continue;
                         }
-                        empty += 1;
+                        empty = empty.saturating_add(1);
                         idle_wait(self.idle_wait, empty)
                     }
                     Ok(done) => {

@@ -25,7 +25,7 @@ use rdkafka::{
     ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
     message::{Message, ToBytes},
-    producer::{BaseProducer, BaseRecord, FutureRecord, Producer as _},
+    producer::{BaseProducer, BaseRecord, FutureRecord},
 };
 use tokio::sync::oneshot;
 
@@ -130,11 +130,6 @@ impl Producer {
                 Err((error, _)) => return Err(error),
             }
         }
-    }
-
-    /// Waits up to `timeout` for every queued record to be delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.shared.client.flush(timeout)
     }
 }
 
