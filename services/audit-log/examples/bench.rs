@@ -9,6 +9,9 @@
 //! 4. Verifies the whole log once and times it.
 //! 5. Exports the whole log (a job, uploaded in parts), downloads it and checks it
 //!    offline line by line, and times both.
+//!
+//! `PMCORE_KAFKA_BACKGROUND_FETCH_WAIT_MS` sets the consumer's fetch wait (2 s unless
+//! set; the native stack's services use 10 s).
 
 use std::time::{Duration, Instant};
 
@@ -64,7 +67,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     eprintln!("[bench] database pmcore_bench_audit migrated");
-    let kafka = KafkaConfig::new(&brokers, &format!("bencha{}.", Uuid::now_v7().simple()));
+    let mut kafka = KafkaConfig::new(&brokers, &format!("bencha{}.", Uuid::now_v7().simple()));
+    // The audit log is a background consumer: on tansu its fetch wait sets how often a
+    // busy one is answered (the native stack runs it at 10 s).
+    if let Ok(ms) = std::env::var("PMCORE_KAFKA_BACKGROUND_FETCH_WAIT_MS") {
+        kafka.background_fetch_wait_ms = ms.parse()?;
+    }
     let config = pmcore_audit_log::Config {
         jwt_secret: Some(SECRET.to_owned().into()),
         checkpoint_interval_s: 3600,
